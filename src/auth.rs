@@ -1,0 +1,157 @@
+//! Client authentication: who is calling.
+//!
+//! A team presents its gateway key as `Authorization: Bearer <key>`, exactly
+//! as the Mixpeek SDKs send an API key. The gateway stores only SHA-256
+//! digests of the keys (like an htpasswd file), hashes the presented key and
+//! compares it with every configured digest in constant time. On success the
+//! client's own `Authorization` header is removed — it must never reach
+//! upstream — and the client is attached to the request as an
+//! [`AuthenticatedClient`] extension for the layers below.
+
+use std::sync::Arc;
+
+use http::{header, Request};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::body::BoxError;
+use crate::config::ClientConfig;
+use crate::error::GatewayError;
+
+/// The client a request was authenticated as (a request extension).
+#[derive(Clone, Debug)]
+pub struct AuthenticatedClient(pub Arc<ClientConfig>);
+
+/// The configured clients, looked up by the digest of their key.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    clients: Vec<Arc<ClientConfig>>,
+}
+
+impl ClientRegistry {
+    /// Builds the registry from the configured clients.
+    pub fn new(clients: impl IntoIterator<Item = ClientConfig>) -> Self {
+        Self {
+            clients: clients.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The client whose key this is, if any.
+    ///
+    /// Every digest is compared, whatever matched earlier, so the time taken
+    /// does not tell how many clients a key was checked against.
+    pub fn lookup(&self, key: &[u8]) -> Option<&Arc<ClientConfig>> {
+        let digest: [u8; 32] = Sha256::digest(key).into();
+        let mut found = None;
+        for client in &self.clients {
+            if bool::from(client.key_sha256.ct_eq(&digest)) {
+                found = Some(client);
+            }
+        }
+        found
+    }
+
+    /// Number of clients.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// True when no client is configured.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+/// Extracts the token of a `Bearer` credential (scheme case-insensitive).
+pub fn bearer_token(value: &http::HeaderValue) -> Option<&[u8]> {
+    let bytes = value.as_bytes();
+    let (scheme, rest) = bytes.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.strip_prefix(b" ")?.trim_ascii();
+    (!token.is_empty() && !token.contains(&b' ')).then_some(token)
+}
+
+/// The authentication predicate, used as a [`tower::filter::Filter`].
+#[derive(Clone, Debug)]
+pub struct Authenticate {
+    registry: Arc<ClientRegistry>,
+}
+
+impl Authenticate {
+    /// Authenticates against `registry`.
+    pub fn new(registry: Arc<ClientRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl<B> tower::filter::Predicate<Request<B>> for Authenticate {
+    type Request = Request<B>;
+
+    fn check(&mut self, mut request: Request<B>) -> Result<Request<B>, BoxError> {
+        // The request guard has already refused more than one header.
+        let value = request
+            .headers_mut()
+            .remove(header::AUTHORIZATION)
+            .ok_or(GatewayError::Unauthorized("missing gateway key"))?;
+        let token = bearer_token(&value).ok_or(GatewayError::Unauthorized(
+            "malformed Authorization header: expected 'Bearer <gateway key>'",
+        ))?;
+        let client = self
+            .registry
+            .lookup(token)
+            .ok_or(GatewayError::Unauthorized("invalid gateway key"))?;
+        request
+            .extensions_mut()
+            .insert(AuthenticatedClient(client.clone()));
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::filter::Predicate;
+
+    fn registry() -> Arc<ClientRegistry> {
+        let client = |name: &str, key: &str| ClientConfig {
+            name: name.into(),
+            key_sha256: Sha256::digest(key.as_bytes()).into(),
+            namespace: format!("ns_{name}"),
+            allowed_namespaces: vec![format!("ns_{name}")],
+            rate_limit: None,
+        };
+        Arc::new(ClientRegistry::new([client("a", "key-a"), client("b", "key-b")]))
+    }
+
+    fn request(auth: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder().uri("/v1/x");
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn check(auth: Option<&str>) -> Result<Request<()>, GatewayError> {
+        Authenticate::new(registry())
+            .check(request(auth))
+            .map_err(|e| e.downcast_ref::<GatewayError>().unwrap().clone())
+    }
+
+    #[test]
+    fn known_key_authenticates_and_is_removed() {
+        let request = check(Some("Bearer key-b")).unwrap();
+        assert!(request.headers().get(header::AUTHORIZATION).is_none());
+        let client = request.extensions().get::<AuthenticatedClient>().unwrap();
+        assert_eq!(client.0.name, "b");
+        assert_eq!(check(Some("bearer key-a")).unwrap().extensions().get::<AuthenticatedClient>().unwrap().0.name, "a");
+    }
+
+    #[test]
+    fn missing_wrong_and_malformed_keys_are_401() {
+        for auth in [None, Some("Bearer nope"), Some("Basic a2V5LWE="), Some("Bearer"), Some("Bearer "), Some("key-a")] {
+            assert!(matches!(check(auth), Err(GatewayError::Unauthorized(_))), "{auth:?}");
+        }
+    }
+}

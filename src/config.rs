@@ -1,0 +1,701 @@
+//! The gateway's configuration: the TOML file of the public interface, read
+//! once at startup and validated into typed values.
+//!
+//! Every problem is reported as one [`ConfigError`] that names the key
+//! (`server.listen`, `clients[1].key_sha256`, …) so that an operator can fix
+//! it from a single log line. Unknown keys are errors, never ignored.
+//!
+//! ```
+//! use mixpeek_gateway::config::Config;
+//! let toml = r#"
+//! [upstream]
+//! api_key_env = "MY_KEY"
+//! [[clients]]
+//! name = "search-team"
+//! key_sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+//! namespace = "ns_search"
+//! "#;
+//! let config = Config::from_toml(toml, |name| (name == "MY_KEY").then(|| "sk_live".to_string())).unwrap();
+//! assert_eq!(config.clients[0].name, "search-team");
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderValue, Uri};
+use serde::Deserialize;
+
+/// The default location of the config file, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
+
+/// A configuration problem: the key it concerns and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The dotted key (`server.listen`, `clients[0].namespace`) or the file.
+    pub key: String,
+    /// What is wrong, in one line.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[upstream]`
+    pub upstream: UpstreamConfig,
+    /// `[[clients]]`, at least one.
+    pub clients: Vec<ClientConfig>,
+    /// `[cache]`
+    pub cache: CacheConfig,
+    /// `[coalesce]`
+    pub coalesce: CoalesceConfig,
+}
+
+/// `[server]`: where and how the gateway listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Request bodies larger than this are answered 413.
+    pub max_body_bytes: usize,
+    /// Certificate and key files for HTTPS, when both are set.
+    pub tls: Option<TlsFiles>,
+    /// SHA-256 of the admin key; `None` disables the admin API.
+    pub admin_key_sha256: Option<[u8; 32]>,
+}
+
+/// PEM files for serving HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert_file: PathBuf,
+    /// Private key.
+    pub key_file: PathBuf,
+}
+
+/// `[upstream]`: the Mixpeek API the gateway forwards to.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme and authority of the API, e.g. `https://api.mixpeek.com`.
+    pub base_url: Uri,
+    /// Name of the environment variable the real key was read from.
+    pub api_key_env: String,
+    /// The real key, ready to send as `Authorization: Bearer …`.
+    pub api_key: ApiKey,
+    /// Time allowed from sending the request to receiving the response head.
+    pub timeout: Duration,
+}
+
+/// The organisation's real API key as a ready `Authorization` value.
+///
+/// Marked sensitive, and its `Debug` never prints it, so it cannot leak into
+/// logs through a stray `{:?}`.
+#[derive(Clone)]
+pub struct ApiKey(HeaderValue);
+
+impl ApiKey {
+    /// Wraps a raw key; fails if it cannot be sent in a header.
+    pub fn new(key: &str) -> Result<Self, &'static str> {
+        if key.is_empty() {
+            return Err("is empty");
+        }
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| "contains characters not allowed in an HTTP header")?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+
+    /// The `Authorization` header value (`Bearer <key>`).
+    pub fn authorization(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// One `[[clients]]` table: a team and what it may do.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The team's name, used in logs, metrics and error messages.
+    pub name: String,
+    /// SHA-256 of the team's gateway key.
+    pub key_sha256: [u8; 32],
+    /// Namespace injected when a request names none.
+    pub namespace: String,
+    /// Namespaces the team may name; always contains `namespace`.
+    pub allowed_namespaces: Vec<String>,
+    /// The team's rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A GCRA rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub requests_per_second: NonZeroU32,
+    /// Requests allowed at once after an idle period.
+    pub burst: NonZeroU32,
+}
+
+/// `[cache]`: the execution-detail cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Bound on the weighted size of cached entries.
+    pub max_bytes: u64,
+    /// Time to live of an entry.
+    pub ttl: Duration,
+    /// Lower-cased statuses after which an execution never changes.
+    pub terminal_statuses: Vec<String>,
+}
+
+/// `[coalesce]`: list-query coalescing.
+#[derive(Debug, Clone)]
+pub struct CoalesceConfig {
+    /// How long a finished list result is reused; zero joins only calls in flight.
+    pub list_ttl: Duration,
+}
+
+// ---------------------------------------------------------------------------
+// The file as written, before validation.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawFile {
+    server: RawServer,
+    upstream: RawUpstream,
+    clients: Vec<RawClient>,
+    cache: RawCache,
+    coalesce: RawCoalesce,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    max_body_bytes: u64,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    admin_key_sha256: Option<String>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 10 * 1024 * 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
+            admin_key_sha256: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    base_url: String,
+    api_key_env: String,
+    timeout_ms: u64,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.mixpeek.com".into(),
+            api_key_env: "MIXPEEK_API_KEY".into(),
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    key_sha256: String,
+    namespace: String,
+    #[serde(default)]
+    allowed_namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests_per_second: u32,
+    burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    max_bytes: u64,
+    ttl_seconds: u64,
+    terminal_statuses: Vec<String>,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            ttl_seconds: 86_400,
+            terminal_statuses: [
+                "completed",
+                "completed_with_errors",
+                "failed",
+                "canceled",
+                "cancelled",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCoalesce {
+    list_ttl_ms: u64,
+}
+
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates the file at `path`, reading the real key from the
+    /// process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        Self::from_toml(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates TOML text; `env` looks up environment variables.
+    pub fn from_toml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawFile = parse(text)?;
+        raw.validate(env)
+    }
+
+    /// A human-readable summary without any secret, for `check-config`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let s = &self.server;
+        let _ = writeln!(out, "listen:          {}", s.listen);
+        let _ = writeln!(
+            out,
+            "tls:             {}",
+            if s.tls.is_some() { "on" } else { "off" }
+        );
+        let _ = writeln!(out, "max_body_bytes:  {}", s.max_body_bytes);
+        let _ = writeln!(
+            out,
+            "admin api:       {}",
+            if s.admin_key_sha256.is_some() {
+                "enabled"
+            } else {
+                "disabled"
+            }
+        );
+        let u = &self.upstream;
+        let _ = writeln!(out, "upstream:        {}", u.base_url);
+        let _ = writeln!(out, "api key:         from ${} (set)", u.api_key_env);
+        let _ = writeln!(out, "timeout:         {} ms", u.timeout.as_millis());
+        let _ = writeln!(
+            out,
+            "cache:           {} bytes, ttl {} s, terminal {:?}",
+            self.cache.max_bytes,
+            self.cache.ttl.as_secs(),
+            self.cache.terminal_statuses
+        );
+        let _ = writeln!(
+            out,
+            "coalesce:        list_ttl {} ms",
+            self.coalesce.list_ttl.as_millis()
+        );
+        let _ = writeln!(out, "clients:         {}", self.clients.len());
+        for c in &self.clients {
+            let limit = match c.rate_limit {
+                Some(r) => format!("{} rps, burst {}", r.requests_per_second, r.burst),
+                None => "no limit".into(),
+            };
+            let _ = writeln!(
+                out,
+                "  - {}: namespace {}, allowed {:?}, {}",
+                c.name, c.namespace, c.allowed_namespaces, limit
+            );
+        }
+        out
+    }
+}
+
+/// Deserialises with the path of the failing key attached to the error.
+fn parse(text: &str) -> Result<RawFile, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let line = inner
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        // toml's Display spans several lines with a snippet; keep one line.
+        let mut message = inner.message().trim().replace('\n', " ");
+        if let Some(line) = line {
+            message = format!("{message} (line {line})");
+        }
+        let key = if path.is_empty() || path == "." {
+            "config".to_string()
+        } else {
+            path
+        };
+        ConfigError::new(key, message)
+    })
+}
+
+fn parse_sha256(key: &str, hex_digest: &str) -> Result<[u8; 32], ConfigError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digest.trim(), &mut out).map_err(|_| {
+        ConfigError::new(
+            key,
+            "must be 64 hex characters (printf %s \"$KEY\" | sha256sum)",
+        )
+    })?;
+    Ok(out)
+}
+
+fn parse_base_url(raw: &str) -> Result<Uri, ConfigError> {
+    const KEY: &str = "upstream.base_url";
+    let uri: Uri = raw
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| ConfigError::new(KEY, format!("not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(ConfigError::new(KEY, "must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(ConfigError::new(KEY, "has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(ConfigError::new(KEY, "must not have a query"));
+    }
+    Ok(uri)
+}
+
+impl RawFile {
+    fn validate(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let server = self.server.validate()?;
+        let upstream = self.upstream.validate(env)?;
+        if self.clients.is_empty() {
+            return Err(ConfigError::new(
+                "clients",
+                "at least one [[clients]] table is required",
+            ));
+        }
+        let mut clients: Vec<ClientConfig> = Vec::with_capacity(self.clients.len());
+        for (i, raw) in self.clients.into_iter().enumerate() {
+            let client = raw.validate(i)?;
+            if clients.iter().any(|c| c.name == client.name) {
+                return Err(ConfigError::new(
+                    format!("clients[{i}].name"),
+                    format!("duplicate client name {:?}", client.name),
+                ));
+            }
+            if clients.iter().any(|c| c.key_sha256 == client.key_sha256) {
+                return Err(ConfigError::new(
+                    format!("clients[{i}].key_sha256"),
+                    "the same key is already used by another client",
+                ));
+            }
+            clients.push(client);
+        }
+        Ok(Config {
+            server,
+            upstream,
+            clients,
+            cache: self.cache.validate()?,
+            coalesce: CoalesceConfig {
+                list_ttl: Duration::from_millis(self.coalesce.list_ttl_ms),
+            },
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let listen = self.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "server.listen",
+                format!("{:?} is not an IP:port address", self.listen),
+            )
+        })?;
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be greater than 0",
+            ));
+        }
+        let max_body_bytes = usize::try_from(self.max_body_bytes)
+            .map_err(|_| ConfigError::new("server.max_body_bytes", "is too large"))?;
+        let tls = match (self.tls_cert_file, self.tls_key_file) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "server.tls_key_file",
+                    "must be set when server.tls_cert_file is",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "server.tls_cert_file",
+                    "must be set when server.tls_key_file is",
+                ))
+            }
+        };
+        if tls.is_some() {
+            return Err(ConfigError::new(
+                "server.tls_cert_file",
+                "serving HTTPS is not implemented yet; terminate TLS in front of the gateway",
+            ));
+        }
+        let admin_key_sha256 = self
+            .admin_key_sha256
+            .map(|h| parse_sha256("server.admin_key_sha256", &h))
+            .transpose()?;
+        Ok(ServerConfig {
+            listen,
+            max_body_bytes,
+            tls,
+            admin_key_sha256,
+        })
+    }
+}
+
+impl RawUpstream {
+    fn validate(self, env: impl Fn(&str) -> Option<String>) -> Result<UpstreamConfig, ConfigError> {
+        let base_url = parse_base_url(&self.base_url)?;
+        if self.api_key_env.is_empty() {
+            return Err(ConfigError::new(
+                "upstream.api_key_env",
+                "must name an environment variable",
+            ));
+        }
+        let key = env(&self.api_key_env).ok_or_else(|| {
+            ConfigError::new(
+                "upstream.api_key_env",
+                format!("environment variable {} is not set", self.api_key_env),
+            )
+        })?;
+        let api_key = ApiKey::new(key.trim()).map_err(|problem| {
+            ConfigError::new(
+                "upstream.api_key_env",
+                format!("environment variable {} {problem}", self.api_key_env),
+            )
+        })?;
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "upstream.timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        Ok(UpstreamConfig {
+            base_url,
+            api_key_env: self.api_key_env,
+            api_key,
+            timeout: Duration::from_millis(self.timeout_ms),
+        })
+    }
+}
+
+impl RawClient {
+    fn validate(self, i: usize) -> Result<ClientConfig, ConfigError> {
+        let key = |field: &str| format!("clients[{i}].{field}");
+        if self.name.trim().is_empty() {
+            return Err(ConfigError::new(key("name"), "must not be empty"));
+        }
+        let key_sha256 = parse_sha256(&key("key_sha256"), &self.key_sha256)?;
+        if !valid_namespace(&self.namespace) {
+            return Err(ConfigError::new(
+                key("namespace"),
+                "must be a non-empty namespace id or name",
+            ));
+        }
+        let mut allowed = vec![self.namespace.clone()];
+        for ns in self.allowed_namespaces.unwrap_or_default() {
+            if !valid_namespace(&ns) {
+                return Err(ConfigError::new(
+                    key("allowed_namespaces"),
+                    format!("{ns:?} is not a valid namespace"),
+                ));
+            }
+            if !allowed.contains(&ns) {
+                allowed.push(ns);
+            }
+        }
+        let rate_limit = self
+            .rate_limit
+            .map(|r| {
+                let rps = NonZeroU32::new(r.requests_per_second).ok_or_else(|| {
+                    ConfigError::new(
+                        key("rate_limit.requests_per_second"),
+                        "must be greater than 0",
+                    )
+                })?;
+                let burst = match r.burst {
+                    None => rps,
+                    Some(b) => NonZeroU32::new(b).ok_or_else(|| {
+                        ConfigError::new(key("rate_limit.burst"), "must be greater than 0")
+                    })?,
+                };
+                Ok(RateLimit {
+                    requests_per_second: rps,
+                    burst,
+                })
+            })
+            .transpose()?;
+        Ok(ClientConfig {
+            name: self.name,
+            key_sha256,
+            namespace: self.namespace,
+            allowed_namespaces: allowed,
+            rate_limit,
+        })
+    }
+}
+
+/// A namespace must be something we can put in a header and a cache key.
+fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 256
+        && ns.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+}
+
+impl RawCache {
+    fn validate(self) -> Result<CacheConfig, ConfigError> {
+        if self.max_bytes == 0 {
+            return Err(ConfigError::new("cache.max_bytes", "must be greater than 0"));
+        }
+        if self.ttl_seconds == 0 {
+            return Err(ConfigError::new(
+                "cache.ttl_seconds",
+                "must be greater than 0",
+            ));
+        }
+        Ok(CacheConfig {
+            max_bytes: self.max_bytes,
+            ttl: Duration::from_secs(self.ttl_seconds),
+            terminal_statuses: self
+                .terminal_statuses
+                .iter()
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    fn env(name: &str) -> Option<String> {
+        (name == "MIXPEEK_API_KEY").then(|| "sk_real".to_string())
+    }
+
+    fn minimal() -> String {
+        format!("[[clients]]\nname = \"a\"\nkey_sha256 = \"{DIGEST}\"\nnamespace = \"ns_a\"\n")
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_toml(&minimal(), env).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.upstream.base_url.to_string(), "https://api.mixpeek.com/");
+        assert_eq!(c.upstream.timeout, Duration::from_secs(30));
+        assert_eq!(c.clients[0].allowed_namespaces, vec!["ns_a".to_string()]);
+        assert_eq!(c.cache.terminal_statuses.len(), 5);
+        assert_eq!(c.coalesce.list_ttl, Duration::ZERO);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = format!("[server]\nlisten_on = \"x\"\n{}", minimal());
+        let err = Config::from_toml(&text, env).unwrap_err();
+        assert_eq!(err.key, "server");
+        assert!(err.message.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let text = format!("[server]\nmax_body_bytes = \"big\"\n{}", minimal());
+        let err = Config::from_toml(&text, env).unwrap_err();
+        assert_eq!(err.key, "server.max_body_bytes");
+        let err = Config::from_toml(&format!("[server]\nlisten = \"nope\"\n{}", minimal()), env)
+            .unwrap_err();
+        assert_eq!(err.key, "server.listen");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let err = Config::from_toml(&minimal(), |_| None).unwrap_err();
+        assert_eq!(err.key, "upstream.api_key_env");
+        assert!(err.message.contains("MIXPEEK_API_KEY"));
+    }
+
+    #[test]
+    fn bad_digest_and_duplicates_rejected() {
+        let text = minimal().replace(DIGEST, "abc");
+        assert_eq!(
+            Config::from_toml(&text, env).unwrap_err().key,
+            "clients[0].key_sha256"
+        );
+        let twice = format!("{}{}", minimal(), minimal().replace("\"a\"", "\"b\""));
+        assert_eq!(
+            Config::from_toml(&twice, env).unwrap_err().key,
+            "clients[1].key_sha256"
+        );
+        assert_eq!(Config::from_toml("", env).unwrap_err().key, "clients");
+    }
+
+    #[test]
+    fn api_key_debug_is_redacted() {
+        let c = Config::from_toml(&minimal(), env).unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("sk_real"));
+    }
+}

@@ -1,0 +1,98 @@
+//! Rejects requests that must never be forwarded, before anything else
+//! looks at them: ambiguous credentials, paths that could escape the route
+//! they name once upstream normalises them, and request targets that are not
+//! a plain path.
+//!
+//! Used as a [`tower::filter::Filter`] predicate; a rejection is a
+//! [`GatewayError::BadRequest`].
+
+use http::{header, Method, Request};
+use percent_encoding::percent_decode_str;
+
+use crate::body::BoxError;
+use crate::error::GatewayError;
+
+/// The request guard predicate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestGuard;
+
+impl<B> tower::filter::Predicate<Request<B>> for RequestGuard {
+    type Request = Request<B>;
+
+    fn check(&mut self, request: Request<B>) -> Result<Request<B>, BoxError> {
+        check(&request)?;
+        Ok(request)
+    }
+}
+
+fn check<B>(request: &Request<B>) -> Result<(), GatewayError> {
+    if request.method() == Method::CONNECT {
+        return Err(GatewayError::BadRequest("CONNECT is not supported".into()));
+    }
+    let path = request.uri().path();
+    if !path.starts_with('/') {
+        return Err(GatewayError::BadRequest(
+            "request target must be a path".into(),
+        ));
+    }
+    if has_dot_segment(path) {
+        return Err(GatewayError::BadRequest(
+            "path must not contain '.' or '..' segments".into(),
+        ));
+    }
+    if request.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(GatewayError::BadRequest(
+            "more than one Authorization header".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// True when the path, raw or percent-decoded, has a `.` or `..` segment.
+///
+/// Decoding first also catches `%2e%2e` and segments hidden behind an encoded
+/// slash (`a%2F..%2Fb`), which some servers decode before routing; a
+/// backslash counts as a separator for the same reason.
+pub fn has_dot_segment(path: &str) -> bool {
+    let decoded = percent_decode_str(path).collect::<Vec<u8>>();
+    decoded
+        .split(|b| *b == b'/' || *b == b'\\')
+        .any(|segment| segment == b"." || segment == b"..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_raw_and_encoded() {
+        for path in [
+            "/v1/../admin",
+            "/v1/./x",
+            "/v1/%2e%2e/x",
+            "/v1/%2E%2e/x",
+            "/v1/.%2e",
+            "/v1/a%2F..%2Fb",
+            "/v1/%2e",
+            "/..",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["/v1/retrievers/executions/exec_1", "/v1/a..b", "/v1/.well", "/"] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn two_authorization_headers_rejected() {
+        let request = Request::builder()
+            .uri("/v1/x")
+            .header("authorization", "Bearer a")
+            .header("authorization", "Bearer b")
+            .body(())
+            .unwrap();
+        assert!(matches!(check(&request), Err(GatewayError::BadRequest(_))));
+        let request = Request::builder().uri("/v1/x").body(()).unwrap();
+        assert!(check(&request).is_ok());
+    }
+}

@@ -1,0 +1,27 @@
+//! mixpeek-gateway: an authenticating, caching reverse proxy that internal
+//! teams put in front of the Mixpeek API.
+//!
+//! A request reads top to bottom through these modules:
+//! [`server`] accepts it, [`stack`] is the tower middleware chain,
+//! [`guard`] rejects malformed requests, [`auth`] identifies the client,
+//! [`namespace`] decides the effective namespace, and [`upstream`] forwards
+//! it. [`endpoints`] answers the reserved `/_gateway/` routes and [`error`]
+//! turns every failure into Mixpeek's error body. [`sim`] is a simulated
+//! Mixpeek API used by `demo`, the tests and the benchmarks.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod body;
+pub mod cache_status;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod endpoints;
+pub mod error;
+pub mod guard;
+pub mod namespace;
+pub mod server;
+pub mod sim;
+pub mod stack;
+pub mod telemetry;
+pub mod upstream;
