@@ -1,0 +1,212 @@
+//! Shared end-to-end test harness: the simulated Mixpeek API and the real
+//! gateway on ephemeral 127.0.0.1 ports, and a real HTTP client.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use mixpeek_gateway::config::Config;
+use mixpeek_gateway::server::{self, RunningGateway};
+use mixpeek_gateway::sim::{self, SimConfig, SimHandle};
+use sha2::{Digest, Sha256};
+
+/// The organisation's real key, known only to the gateway and the sim.
+pub const REAL_KEY: &str = "sk_real_4f1d9c0e7b2a";
+/// The search team's gateway key: namespace ns_search, may also use staging.
+pub const SEARCH_KEY: &str = "gw_search_8b3e51aa";
+/// The ads team's gateway key: namespace ns_ads only.
+pub const ADS_KEY: &str = "gw_ads_27c0d4f9";
+
+/// A config TOML for `upstream`, with the two clients; `extra` is inserted
+/// into the `[server]` and `[upstream]` tables via `server_extra` /
+/// `upstream_extra`.
+pub fn config_toml(upstream: &str, server_extra: &str, upstream_extra: &str) -> String {
+    let digest = |key: &str| hex::encode(Sha256::digest(key.as_bytes()));
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{server_extra}
+
+[upstream]
+base_url = "{upstream}"
+api_key_env = "TEST_MIXPEEK_API_KEY"
+{upstream_extra}
+
+[[clients]]
+name = "search-team"
+key_sha256 = "{search}"
+namespace = "ns_search"
+allowed_namespaces = ["ns_search", "staging"]
+
+[[clients]]
+name = "ads-team"
+key_sha256 = "{ads}"
+namespace = "ns_ads"
+"#,
+        search = digest(SEARCH_KEY),
+        ads = digest(ADS_KEY),
+    )
+}
+
+/// Parses a test config, with `TEST_MIXPEEK_API_KEY` = [`REAL_KEY`].
+pub fn config(toml: &str) -> Config {
+    Config::from_toml(toml, |name| {
+        (name == "TEST_MIXPEEK_API_KEY").then(|| REAL_KEY.to_string())
+    })
+    .expect("test config is valid")
+}
+
+/// Starts the simulated API on an ephemeral port.
+pub async fn start_sim(config: SimConfig) -> SimHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    sim::spawn(config, listener).await.unwrap()
+}
+
+/// A sim and a gateway in front of it.
+pub struct Harness {
+    pub sim: SimHandle,
+    pub gateway: RunningGateway,
+    pub client: TestClient,
+}
+
+impl Harness {
+    /// Default sim, default gateway settings.
+    pub async fn start() -> Self {
+        Self::with(SimConfig::new(REAL_KEY), "", "").await
+    }
+
+    /// A sim built from `sim_config` and a gateway with extra config lines.
+    pub async fn with(sim_config: SimConfig, server_extra: &str, upstream_extra: &str) -> Self {
+        let sim = start_sim(sim_config).await;
+        let config = config(&config_toml(&sim.base_url(), server_extra, upstream_extra));
+        let gateway = server::spawn(config).await.unwrap();
+        let client = TestClient::new(gateway.url());
+        Self {
+            sim,
+            gateway,
+            client,
+        }
+    }
+}
+
+/// A collected response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// A header as a string ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    /// Asserts the gateway's own error shape with this status and type.
+    pub fn assert_error(&self, status: u16, kind: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {:?}", self.body);
+        let json = self.json();
+        assert_eq!(json["success"], false);
+        assert_eq!(json["status"], status);
+        assert_eq!(json["error"]["type"], kind, "{json}");
+    }
+}
+
+/// A real HTTP/1.1 client pointed at the gateway.
+#[derive(Clone)]
+pub struct TestClient {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestClient {
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// A request builder for `path` on the gateway.
+    pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+    }
+
+    /// Sends and collects.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
+        let response = tokio::time::timeout(Duration::from_secs(20), self.client.request(request))
+            .await
+            .expect("gateway answered within 20 s")
+            .expect("request reached the gateway");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Sends the raw response without collecting its body.
+    pub async fn send_streaming(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> http::Response<hyper::body::Incoming> {
+        self.client.request(request).await.unwrap()
+    }
+
+    /// GET with a gateway key.
+    pub async fn get(&self, path: &str, key: &str) -> Reply {
+        let request = self
+            .request(Method::GET, path)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::default())
+            .unwrap();
+        self.send(request).await
+    }
+
+    /// POST of a body with a gateway key.
+    pub async fn post(&self, path: &str, key: &str, body: impl Into<Bytes>) -> Reply {
+        let request = self
+            .request(Method::POST, path)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body.into()))
+            .unwrap();
+        self.send(request).await
+    }
+}
+
+/// Writes raw bytes to `addr` and reads until the peer closes (or 10 s).
+pub async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A port on 127.0.0.1 with nothing listening on it.
+pub async fn closed_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
