@@ -122,7 +122,10 @@ mod tests {
             allowed_namespaces: vec![format!("ns_{name}")],
             rate_limit: None,
         };
-        Arc::new(ClientRegistry::new([client("a", "key-a"), client("b", "key-b")]))
+        Arc::new(ClientRegistry::new([
+            client("a", "key-a"),
+            client("b", "key-b"),
+        ]))
     }
 
     fn request(auth: Option<&str>) -> Request<()> {
@@ -145,13 +148,32 @@ mod tests {
         assert!(request.headers().get(header::AUTHORIZATION).is_none());
         let client = request.extensions().get::<AuthenticatedClient>().unwrap();
         assert_eq!(client.0.name, "b");
-        assert_eq!(check(Some("bearer key-a")).unwrap().extensions().get::<AuthenticatedClient>().unwrap().0.name, "a");
+        assert_eq!(
+            check(Some("bearer key-a"))
+                .unwrap()
+                .extensions()
+                .get::<AuthenticatedClient>()
+                .unwrap()
+                .0
+                .name,
+            "a"
+        );
     }
 
     #[test]
     fn missing_wrong_and_malformed_keys_are_401() {
-        for auth in [None, Some("Bearer nope"), Some("Basic a2V5LWE="), Some("Bearer"), Some("Bearer "), Some("key-a")] {
-            assert!(matches!(check(auth), Err(GatewayError::Unauthorized(_))), "{auth:?}");
+        for auth in [
+            None,
+            Some("Bearer nope"),
+            Some("Basic a2V5LWE="),
+            Some("Bearer"),
+            Some("Bearer "),
+            Some("key-a"),
+        ] {
+            assert!(
+                matches!(check(auth), Err(GatewayError::Unauthorized(_))),
+                "{auth:?}"
+            );
         }
     }
 }

@@ -17,7 +17,12 @@ pub struct Cli {
     pub config: PathBuf,
 
     /// Address to listen on (overrides server.listen).
-    #[arg(long, global = true, env = "MIXPEEK_GATEWAY_LISTEN", value_name = "ADDR:PORT")]
+    #[arg(
+        long,
+        global = true,
+        env = "MIXPEEK_GATEWAY_LISTEN",
+        value_name = "ADDR:PORT"
+    )]
     pub listen: Option<SocketAddr>,
 
     /// What to do; `serve` when omitted.

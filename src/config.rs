@@ -598,15 +598,16 @@ impl RawClient {
 
 /// A namespace must be something we can put in a header and a cache key.
 fn valid_namespace(ns: &str) -> bool {
-    !ns.is_empty()
-        && ns.len() <= 256
-        && ns.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+    !ns.is_empty() && ns.len() <= 256 && ns.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
 }
 
 impl RawCache {
     fn validate(self) -> Result<CacheConfig, ConfigError> {
         if self.max_bytes == 0 {
-            return Err(ConfigError::new("cache.max_bytes", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "cache.max_bytes",
+                "must be greater than 0",
+            ));
         }
         if self.ttl_seconds == 0 {
             return Err(ConfigError::new(
@@ -656,7 +657,7 @@ mod tests {
     fn unknown_key_is_named() {
         let text = format!("[server]\nlisten_on = \"x\"\n{}", minimal());
         let err = Config::from_toml(&text, env).unwrap_err();
-        assert_eq!(err.key, "server");
+        assert_eq!(err.key, "server.listen_on");
         assert!(err.message.contains("listen_on"), "{err}");
     }
 

@@ -74,7 +74,9 @@ pub async fn run(listen: Option<SocketAddr>) -> Result<(), BoxError> {
     println!("  namespace:       ns_demo (ns_other also allowed)");
     println!();
     println!("Try:");
-    println!("  curl -s -H 'Authorization: Bearer {client_key}' {url}/v1/retrievers/executions/exec_42");
+    println!(
+        "  curl -s -H 'Authorization: Bearer {client_key}' {url}/v1/retrievers/executions/exec_42"
+    );
     println!("  curl -s -X POST -H 'Authorization: Bearer {client_key}' -H 'Content-Type: application/json' -d '{{\"status\":\"completed\"}}' {url}/v1/retrievers/executions/list");
     println!("Executions complete 5 s after they are first requested. Ctrl-C stops.");
     server::shutdown_signal().await;

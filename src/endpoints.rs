@@ -128,15 +128,25 @@ mod tests {
     use super::*;
     use tower::ServiceExt;
 
-    fn service(readiness: Readiness) -> GatewayEndpoints<tower::util::BoxService<Request<()>, Response<Body>, BoxError>> {
+    fn service(
+        readiness: Readiness,
+    ) -> GatewayEndpoints<tower::util::BoxService<Request<()>, Response<Body>, BoxError>> {
         let inner = tower::service_fn(|_req: Request<()>| async {
             Ok::<_, BoxError>(Response::new(body::full("forwarded")))
         });
         GatewayEndpointsLayer::new(readiness).layer(tower::util::BoxService::new(inner))
     }
 
-    async fn status(readiness: &Readiness, method: Method, path: &str) -> Result<StatusCode, GatewayError> {
-        let request = Request::builder().method(method).uri(path).body(()).unwrap();
+    async fn status(
+        readiness: &Readiness,
+        method: Method,
+        path: &str,
+    ) -> Result<StatusCode, GatewayError> {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
         service(readiness.clone())
             .oneshot(request)
             .await
@@ -147,12 +157,27 @@ mod tests {
     #[tokio::test]
     async fn health_ready_and_unknown() {
         let r = Readiness::new();
-        assert_eq!(status(&r, Method::GET, "/_gateway/health").await, Ok(StatusCode::OK));
-        assert_eq!(status(&r, Method::GET, "/_gateway/ready").await, Ok(StatusCode::OK));
-        assert_eq!(status(&r, Method::GET, "/_gateway/nope").await, Err(GatewayError::NotFound));
-        assert_eq!(status(&r, Method::POST, "/_gateway/health").await, Err(GatewayError::NotFound));
+        assert_eq!(
+            status(&r, Method::GET, "/_gateway/health").await,
+            Ok(StatusCode::OK)
+        );
+        assert_eq!(
+            status(&r, Method::GET, "/_gateway/ready").await,
+            Ok(StatusCode::OK)
+        );
+        assert_eq!(
+            status(&r, Method::GET, "/_gateway/nope").await,
+            Err(GatewayError::NotFound)
+        );
+        assert_eq!(
+            status(&r, Method::POST, "/_gateway/health").await,
+            Err(GatewayError::NotFound)
+        );
         assert_eq!(status(&r, Method::GET, "/v1/x").await, Ok(StatusCode::OK));
         r.set_draining();
-        assert_eq!(status(&r, Method::GET, "/_gateway/ready").await, Ok(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(
+            status(&r, Method::GET, "/_gateway/ready").await,
+            Ok(StatusCode::SERVICE_UNAVAILABLE)
+        );
     }
 }

@@ -194,7 +194,10 @@ mod tests {
         let own: BoxError = Box::new(GatewayError::NotFound);
         assert_eq!(classify(own.as_ref()), GatewayError::NotFound);
         let other: BoxError = "boom".into();
-        assert!(matches!(classify(other.as_ref()), GatewayError::BadGateway(_)));
+        assert!(matches!(
+            classify(other.as_ref()),
+            GatewayError::BadGateway(_)
+        ));
     }
 
     #[test]

@@ -40,7 +40,13 @@ fn check<B>(request: &Request<B>) -> Result<(), GatewayError> {
             "path must not contain '.' or '..' segments".into(),
         ));
     }
-    if request.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
+    if request
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .count()
+        > 1
+    {
         return Err(GatewayError::BadRequest(
             "more than one Authorization header".into(),
         ));
@@ -78,7 +84,12 @@ mod tests {
         ] {
             assert!(has_dot_segment(path), "{path}");
         }
-        for path in ["/v1/retrievers/executions/exec_1", "/v1/a..b", "/v1/.well", "/"] {
+        for path in [
+            "/v1/retrievers/executions/exec_1",
+            "/v1/a..b",
+            "/v1/.well",
+            "/",
+        ] {
             assert!(!has_dot_segment(path), "{path}");
         }
     }

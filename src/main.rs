@@ -17,7 +17,10 @@ fn main() -> ExitCode {
     telemetry::init();
     // One process-wide provider, chosen explicitly: ring builds with gcc alone.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -59,9 +62,7 @@ async fn run(mut cli: Cli) -> ExitCode {
                 eprintln!("error: --api-key-env: environment variable {api_key_env} is not set");
                 return ExitCode::from(CONFIG_ERROR);
             };
-            let listen = cli
-                .listen
-                .unwrap_or_else(|| ([127, 0, 0, 1], 8081).into());
+            let listen = cli.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8081).into());
             let mut config = sim::SimConfig::new(key);
             config.latency = Duration::from_millis(latency_ms);
             config.complete_after = Duration::from_millis(complete_after_ms);

@@ -57,7 +57,9 @@ fn resolve<B>(request: &Request<B>) -> Result<EffectiveNamespace, GatewayError> 
     let client = request
         .extensions()
         .get::<AuthenticatedClient>()
-        .ok_or(GatewayError::Internal("namespace resolved before authentication"))?
+        .ok_or(GatewayError::Internal(
+            "namespace resolved before authentication",
+        ))?
         .0
         .clone();
     let position = |ns: &str| {
@@ -147,23 +149,47 @@ mod tests {
     fn default_header_and_query() {
         assert_eq!(resolve_for("/v1/x", &[]).unwrap(), "ns_search");
         assert_eq!(resolve_for("/v1/x", &["staging"]).unwrap(), "staging");
-        assert_eq!(resolve_for("/v1/x?namespace=staging", &[]).unwrap(), "staging");
-        assert_eq!(resolve_for("/v1/x?namespace=st%61ging&namespace=staging", &[]).unwrap(), "staging");
+        assert_eq!(
+            resolve_for("/v1/x?namespace=staging", &[]).unwrap(),
+            "staging"
+        );
+        assert_eq!(
+            resolve_for("/v1/x?namespace=st%61ging&namespace=staging", &[]).unwrap(),
+            "staging"
+        );
         // The header wins, as it does at the API, but the query is still checked.
-        assert_eq!(resolve_for("/v1/x?namespace=staging", &["ns_search"]).unwrap(), "ns_search");
+        assert_eq!(
+            resolve_for("/v1/x?namespace=staging", &["ns_search"]).unwrap(),
+            "ns_search"
+        );
     }
 
     #[test]
     fn outside_allowed_is_forbidden() {
-        assert!(matches!(resolve_for("/v1/x", &["ns_other"]), Err(GatewayError::Forbidden(_))));
-        assert!(matches!(resolve_for("/v1/x?namespace=ns_other", &[]), Err(GatewayError::Forbidden(_))));
-        assert!(matches!(resolve_for("/v1/x?namespace=ns_other", &["staging"]), Err(GatewayError::Forbidden(_))));
+        assert!(matches!(
+            resolve_for("/v1/x", &["ns_other"]),
+            Err(GatewayError::Forbidden(_))
+        ));
+        assert!(matches!(
+            resolve_for("/v1/x?namespace=ns_other", &[]),
+            Err(GatewayError::Forbidden(_))
+        ));
+        assert!(matches!(
+            resolve_for("/v1/x?namespace=ns_other", &["staging"]),
+            Err(GatewayError::Forbidden(_))
+        ));
     }
 
     #[test]
     fn ambiguity_is_bad_request() {
-        assert!(matches!(resolve_for("/v1/x", &["staging", "ns_search"]), Err(GatewayError::BadRequest(_))));
-        assert!(matches!(resolve_for("/v1/x?namespace=staging&namespace=ns_search", &[]), Err(GatewayError::BadRequest(_))));
+        assert!(matches!(
+            resolve_for("/v1/x", &["staging", "ns_search"]),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            resolve_for("/v1/x?namespace=staging&namespace=ns_search", &[]),
+            Err(GatewayError::BadRequest(_))
+        ));
     }
 
     #[test]

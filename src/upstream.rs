@@ -242,18 +242,18 @@ mod tests {
             .body(Empty::new())
             .unwrap();
         let _ = request.extensions_mut().insert(AuthenticatedClient(client));
-        let ns = {
-            use tower::filter::Predicate;
-            crate::namespace::ResolveNamespace.check(request).unwrap()
-        };
-        ns
+        use tower::filter::Predicate;
+        crate::namespace::ResolveNamespace.check(request).unwrap()
     }
 
     #[tokio::test]
     async fn builds_target_headers_and_key() {
         let up = upstream("http://127.0.0.1:9/base/");
         let request = up.build_request(namespaced("/v1/a%2Fb?x=1&y=%20")).unwrap();
-        assert_eq!(request.uri().to_string(), "http://127.0.0.1:9/base/v1/a%2Fb?x=1&y=%20");
+        assert_eq!(
+            request.uri().to_string(),
+            "http://127.0.0.1:9/base/v1/a%2Fb?x=1&y=%20"
+        );
         let h = request.headers();
         assert_eq!(h["authorization"], "Bearer sk_real");
         assert_eq!(h["x-namespace"], "ns_t");
@@ -266,7 +266,13 @@ mod tests {
     #[tokio::test]
     async fn refuses_without_namespace() {
         let up = upstream("http://127.0.0.1:9");
-        let request = Request::builder().uri("/v1/x").body(Empty::<Bytes>::new()).unwrap();
-        assert!(matches!(up.build_request(request), Err(GatewayError::Internal(_))));
+        let request = Request::builder()
+            .uri("/v1/x")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert!(matches!(
+            up.build_request(request),
+            Err(GatewayError::Internal(_))
+        ));
     }
 }

@@ -25,7 +25,11 @@ fn write_config(name: &str, text: &str) -> PathBuf {
 
 fn check_config(path: &PathBuf, key: Option<&str>) -> std::process::Output {
     let mut command = Command::new(BIN);
-    command.arg("check-config").arg("--config").arg(path).env_remove("TEST_MIXPEEK_API_KEY");
+    command
+        .arg("check-config")
+        .arg("--config")
+        .arg(path)
+        .env_remove("TEST_MIXPEEK_API_KEY");
     if let Some(key) = key {
         command.env("TEST_MIXPEEK_API_KEY", key);
     }
@@ -60,10 +64,16 @@ fn missing_env_var_stops_with_exit_2_naming_it() {
 #[test]
 fn malformed_value_stops_with_exit_2_naming_it() {
     let text = config_toml("http://127.0.0.1:9", "max_body_bytes = \"lots\"", "");
-    let line = one_error_line(&check_config(&write_config("bad.toml", &text), Some(REAL_KEY)));
+    let line = one_error_line(&check_config(
+        &write_config("bad.toml", &text),
+        Some(REAL_KEY),
+    ));
     assert!(line.contains("server.max_body_bytes"), "{line}");
     let text = config_toml("ftp://example.com", "", "");
-    let line = one_error_line(&check_config(&write_config("scheme.toml", &text), Some(REAL_KEY)));
+    let line = one_error_line(&check_config(
+        &write_config("scheme.toml", &text),
+        Some(REAL_KEY),
+    ));
     assert!(line.contains("upstream.base_url"), "{line}");
     // Serve stops the same way.
     let output = Command::new(BIN)
@@ -80,7 +90,10 @@ fn malformed_value_stops_with_exit_2_naming_it() {
 
 #[test]
 fn bad_listen_flag_or_env_is_exit_2() {
-    let output = Command::new(BIN).args(["check-config", "--listen", "not-an-address"]).output().unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let output = Command::new(BIN)
         .arg("check-config")
@@ -96,7 +109,10 @@ fn check_config_summarises_without_secrets() {
     let output = check_config(&write_config("good.toml", &text), Some(REAL_KEY));
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(stdout.contains("search-team") && stdout.contains("ns_search"), "{stdout}");
+    assert!(
+        stdout.contains("search-team") && stdout.contains("ns_search"),
+        "{stdout}"
+    );
     assert!(!stdout.contains(REAL_KEY));
 }
 
@@ -109,11 +125,19 @@ fn shipped_example_config_is_valid() {
         .env_remove("MIXPEEK_GATEWAY_LISTEN")
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // And the config file location comes from the env var too.
     let output = Command::new(BIN)
         .arg("check-config")
-        .env("MIXPEEK_GATEWAY_CONFIG", concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
+        .env(
+            "MIXPEEK_GATEWAY_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"),
+        )
         .env("MIXPEEK_API_KEY", "sk_example")
         .output()
         .unwrap();
@@ -158,10 +182,28 @@ async fn logs_of_a_full_run_never_contain_a_key() {
     assert!(started, "gateway did not start: {logs}");
 
     let client = TestClient::new(format!("http://{listen}"));
-    assert_eq!(client.get("/v1/retrievers/executions/exec_1", SEARCH_KEY).await.status, 200);
-    assert_eq!(client.post("/v1/retrievers/executions/list", ADS_KEY, "{}").await.status, 200);
-    client.get("/v1/collections", "gw_wrong_key_123").await.assert_error(401, "unauthorized");
-    client.get("/v1/collections", REAL_KEY).await.assert_error(401, "unauthorized");
+    assert_eq!(
+        client
+            .get("/v1/retrievers/executions/exec_1", SEARCH_KEY)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .post("/v1/retrievers/executions/list", ADS_KEY, "{}")
+            .await
+            .status,
+        200
+    );
+    client
+        .get("/v1/collections", "gw_wrong_key_123")
+        .await
+        .assert_error(401, "unauthorized");
+    client
+        .get("/v1/collections", REAL_KEY)
+        .await
+        .assert_error(401, "unauthorized");
     let request = client
         .request(Method::GET, "/v1/x")
         .header("authorization", format!("Basic {SEARCH_KEY}"))
@@ -170,14 +212,23 @@ async fn logs_of_a_full_run_never_contain_a_key() {
     client.send(request).await.assert_error(401, "unauthorized");
 
     // SIGTERM: graceful shutdown, exit 0.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.status.code(), Some(0));
     stderr.read_to_string(&mut logs).unwrap();
     logs.push_str(&String::from_utf8_lossy(&exit.stdout));
 
-    assert!(logs.contains("finished processing request"), "request logs captured: {logs}");
+    assert!(
+        logs.contains("finished processing request"),
+        "request logs captured: {logs}"
+    );
     for secret in [REAL_KEY, SEARCH_KEY, ADS_KEY, "gw_wrong_key_123"] {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
     }

@@ -18,21 +18,39 @@ async fn no_key_wrong_key_and_malformed_key_are_401_and_not_forwarded() {
     let h = Harness::start().await;
     let no_key = h
         .client
-        .send(h.client.request(Method::GET, "/v1/collections").body(Full::default()).unwrap())
+        .send(
+            h.client
+                .request(Method::GET, "/v1/collections")
+                .body(Full::default())
+                .unwrap(),
+        )
         .await;
     no_key.assert_error(401, "unauthorized");
     assert!(no_key.header("www-authenticate").starts_with("Bearer"));
-    h.client.get("/v1/collections", "gw_not_a_key").await.assert_error(401, "unauthorized");
+    h.client
+        .get("/v1/collections", "gw_not_a_key")
+        .await
+        .assert_error(401, "unauthorized");
     // The real key is not a gateway key either.
-    h.client.get("/v1/collections", REAL_KEY).await.assert_error(401, "unauthorized");
-    for malformed in [format!("Basic {SEARCH_KEY}"), SEARCH_KEY.to_string(), "Bearer".into()] {
+    h.client
+        .get("/v1/collections", REAL_KEY)
+        .await
+        .assert_error(401, "unauthorized");
+    for malformed in [
+        format!("Basic {SEARCH_KEY}"),
+        SEARCH_KEY.to_string(),
+        "Bearer".into(),
+    ] {
         let request = h
             .client
             .request(Method::GET, "/v1/collections")
             .header("authorization", malformed)
             .body(Full::default())
             .unwrap();
-        h.client.send(request).await.assert_error(401, "unauthorized");
+        h.client
+            .send(request)
+            .await
+            .assert_error(401, "unauthorized");
     }
     assert_eq!(h.sim.total(), 0, "nothing may be forwarded");
 }
@@ -47,7 +65,10 @@ async fn two_authorization_headers_are_400() {
         .header("authorization", format!("Bearer {ADS_KEY}"))
         .body(Full::default())
         .unwrap();
-    h.client.send(request).await.assert_error(400, "bad_request");
+    h.client
+        .send(request)
+        .await
+        .assert_error(400, "bad_request");
     assert_eq!(h.sim.total(), 0);
 }
 
@@ -63,7 +84,10 @@ async fn namespace_outside_allowed_is_403_by_header_and_by_query() {
         .unwrap();
     let reply = h.client.send(request).await;
     reply.assert_error(403, "forbidden");
-    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("search-team"));
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("search-team"));
     h.client
         .get("/v1/collections?namespace=ns_ads", SEARCH_KEY)
         .await
@@ -91,15 +115,24 @@ async fn forwards_with_real_key_and_effective_namespace_never_the_client_key() {
         .header("x-namespace", "staging")
         .body(Full::default())
         .unwrap();
-    assert_eq!(h.client.send(request).await.header("x-echo-namespace"), "staging");
-    let by_query = h.client.get("/v1/collections?namespace=staging", SEARCH_KEY).await;
+    assert_eq!(
+        h.client.send(request).await.header("x-echo-namespace"),
+        "staging"
+    );
+    let by_query = h
+        .client
+        .get("/v1/collections?namespace=staging", SEARCH_KEY)
+        .await;
     assert_eq!(by_query.header("x-echo-namespace"), "staging");
     let ads = h.client.get("/v1/collections", ADS_KEY).await;
     assert_eq!(ads.header("x-echo-namespace"), "ns_ads");
 
     let seen = h.sim.requests();
     assert_eq!(seen.len(), 4);
-    let namespaces: Vec<_> = seen.iter().map(|r| r.headers["x-namespace"].to_str().unwrap().to_string()).collect();
+    let namespaces: Vec<_> = seen
+        .iter()
+        .map(|r| r.headers["x-namespace"].to_str().unwrap().to_string())
+        .collect();
     assert_eq!(namespaces, ["ns_search", "staging", "staging", "ns_ads"]);
     for request in &seen {
         let auth: Vec<_> = request.headers.get_all("authorization").iter().collect();
@@ -118,7 +151,9 @@ async fn forwards_with_real_key_and_effective_namespace_never_the_client_key() {
 async fn path_query_and_body_pass_through_byte_identical() {
     let h = Harness::start().await;
     let path = "/v1/buckets/b%2F1/objects/%E2%9C%93?z=1&a=%20x&a=2&empty=&flag";
-    let body: Vec<u8> = (0u8..=255).chain(b"{\"k\": [1, 2]}".iter().copied()).collect();
+    let body: Vec<u8> = (0u8..=255)
+        .chain(b"{\"k\": [1, 2]}".iter().copied())
+        .collect();
     for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
         let request = h
             .client
@@ -162,8 +197,16 @@ async fn hop_by_hop_headers_are_dropped_and_host_is_upstreams() {
 #[tokio::test]
 async fn dot_segments_raw_or_encoded_are_400_and_not_forwarded() {
     let h = Harness::start().await;
-    for path in ["/v1/a/../b", "/v1/%2e%2e/admin", "/v1/./x", "/v1/a%2F..%2Fb"] {
-        h.client.get(path, SEARCH_KEY).await.assert_error(400, "bad_request");
+    for path in [
+        "/v1/a/../b",
+        "/v1/%2e%2e/admin",
+        "/v1/./x",
+        "/v1/a%2F..%2Fb",
+    ] {
+        h.client
+            .get(path, SEARCH_KEY)
+            .await
+            .assert_error(400, "bad_request");
     }
     assert_eq!(h.sim.total(), 0);
 }
@@ -171,9 +214,18 @@ async fn dot_segments_raw_or_encoded_are_400_and_not_forwarded() {
 #[tokio::test]
 async fn body_over_max_is_413_by_length_and_when_streamed() {
     let h = Harness::with(SimConfig::new(REAL_KEY), "max_body_bytes = 1024", "").await;
-    h.client.post("/v1/collections", SEARCH_KEY, vec![b'x'; 2048]).await.assert_error(413, "payload_too_large");
+    h.client
+        .post("/v1/collections", SEARCH_KEY, vec![b'x'; 2048])
+        .await
+        .assert_error(413, "payload_too_large");
     // Exactly at the limit is fine.
-    assert_eq!(h.client.post("/v1/collections", SEARCH_KEY, vec![b'x'; 1024]).await.status, 200);
+    assert_eq!(
+        h.client
+            .post("/v1/collections", SEARCH_KEY, vec![b'x'; 1024])
+            .await
+            .status,
+        200
+    );
 
     // Chunked, no Content-Length: the limit trips while streaming.
     let chunk = "x".repeat(600);
@@ -191,7 +243,10 @@ async fn upstream_unreachable_is_502() {
     let config = config(&config_toml(&format!("http://{closed}"), "", ""));
     let gateway = mixpeek_gateway::server::spawn(config).await.unwrap();
     let client = TestClient::new(gateway.url());
-    client.get("/v1/collections", SEARCH_KEY).await.assert_error(502, "bad_gateway");
+    client
+        .get("/v1/collections", SEARCH_KEY)
+        .await
+        .assert_error(502, "bad_gateway");
 }
 
 #[tokio::test]
@@ -211,7 +266,10 @@ async fn upstream_reset_is_502_and_gateway_keeps_serving() {
     let gateway = mixpeek_gateway::server::spawn(config).await.unwrap();
     let client = TestClient::new(gateway.url());
     for _ in 0..3 {
-        client.get("/v1/collections", SEARCH_KEY).await.assert_error(502, "bad_gateway");
+        client
+            .get("/v1/collections", SEARCH_KEY)
+            .await
+            .assert_error(502, "bad_gateway");
     }
     assert_eq!(client.get("/_gateway/health", "").await.status, 200);
 }
@@ -222,8 +280,14 @@ async fn upstream_slower_than_timeout_is_504() {
     sim.latency = Duration::from_secs(3);
     let h = Harness::with(sim, "", "timeout_ms = 200").await;
     let started = std::time::Instant::now();
-    h.client.get("/v1/collections", SEARCH_KEY).await.assert_error(504, "gateway_timeout");
-    assert!(started.elapsed() < Duration::from_secs(3), "answered before upstream did");
+    h.client
+        .get("/v1/collections", SEARCH_KEY)
+        .await
+        .assert_error(504, "gateway_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered before upstream did"
+    );
 }
 
 #[tokio::test]
@@ -234,7 +298,10 @@ async fn gateway_endpoints_answer_without_key_and_are_never_forwarded() {
     assert_eq!(health.json()["status"], "ok");
     assert_eq!(h.client.get("/_gateway/ready", "").await.status, 200);
     for path in ["/_gateway/nope", "/_gateway/", "/_gateway/health/x"] {
-        h.client.get(path, SEARCH_KEY).await.assert_error(404, "not_found");
+        h.client
+            .get(path, SEARCH_KEY)
+            .await
+            .assert_error(404, "not_found");
     }
     assert_eq!(h.sim.total(), 0);
 }
@@ -242,7 +309,10 @@ async fn gateway_endpoints_answer_without_key_and_are_never_forwarded() {
 #[tokio::test]
 async fn upstream_errors_pass_through_unchanged() {
     let h = Harness::start().await;
-    let reply = h.client.get("/v1/retrievers/executions/nope", SEARCH_KEY).await;
+    let reply = h
+        .client
+        .get("/v1/retrievers/executions/nope", SEARCH_KEY)
+        .await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.header("x-cache"), "BYPASS");
     assert_eq!(reply.json()["error"]["type"], "NotFoundError");

@@ -16,14 +16,24 @@ async fn malformed_requests_get_errors_and_the_gateway_keeps_serving() {
     let auth = format!("authorization: Bearer {SEARCH_KEY}\r\n");
 
     // A header line without a colon.
-    let answer = raw_exchange(addr, b"GET /v1/x HTTP/1.1\r\nhost: gw\r\nthis is not a header\r\n\r\n").await;
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = raw_exchange(
+        addr,
+        b"GET /v1/x HTTP/1.1\r\nhost: gw\r\nthis is not a header\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
     // Invalid UTF-8 and raw bytes in the path.
     let mut request = b"GET /v1/\xff\xfe/x HTTP/1.1\r\nhost: gw\r\n".to_vec();
     request.extend_from_slice(auth.as_bytes());
     request.extend_from_slice(b"\r\n");
     let answer = raw_exchange(addr, &request).await;
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
     // Percent-encoded invalid UTF-8 is legal on the wire and forwarded as is.
     let reply = h.client.get("/v1/%FF%FE/x", SEARCH_KEY).await;
     assert_eq!(reply.status, 200);
@@ -31,26 +41,43 @@ async fn malformed_requests_get_errors_and_the_gateway_keeps_serving() {
     // A header value with a non-ASCII byte as the namespace.
     let request = format!("GET /v1/x HTTP/1.1\r\nhost: gw\r\n{auth}x-namespace: \u{e9}t\u{e9}\r\nconnection: close\r\n\r\n");
     let answer = raw_exchange(addr, request.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 403"),
+        "{answer}"
+    );
     // A truncated body: Content-Length promises more than is sent.
-    let request = format!("POST /v1/objects HTTP/1.1\r\nhost: gw\r\n{auth}content-length: 100\r\n\r\nshort");
+    let request =
+        format!("POST /v1/objects HTTP/1.1\r\nhost: gw\r\n{auth}content-length: 100\r\n\r\nshort");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     stream.shutdown().await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
     let answer = String::from_utf8_lossy(&out);
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"),
+        "{answer}"
+    );
     // Garbage that is not HTTP at all.
-    let _ = raw_exchange(addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n").await;
+    let _ = raw_exchange(
+        addr,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+    )
+    .await;
     // An absolute-form target must not redirect the request elsewhere.
     let request = format!("GET http://evil.example/v1/x HTTP/1.1\r\nhost: evil.example\r\n{auth}connection: close\r\n\r\n");
     let answer = raw_exchange(addr, request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(h.sim.requests().last().unwrap().headers["host"], h.sim.addr.to_string());
+    assert_eq!(
+        h.sim.requests().last().unwrap().headers["host"],
+        h.sim.addr.to_string()
+    );
 
     // Still serving.
-    let reply = h.client.get("/v1/retrievers/executions/exec_7", SEARCH_KEY).await;
+    let reply = h
+        .client
+        .get("/v1/retrievers/executions/exec_7", SEARCH_KEY)
+        .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["execution_id"], "exec_7");
 }
@@ -83,7 +110,10 @@ async fn upstream_closing_mid_body_closes_cleanly_and_the_gateway_keeps_serving(
         let response = client.send_streaming(request).await;
         assert_eq!(response.status(), 200);
         // The client sees the body end in an error, never a silently short body.
-        let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await.unwrap();
+        let collected =
+            tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+                .await
+                .unwrap();
         assert!(collected.is_err(), "truncated body must not look complete");
     }
     assert_eq!(client.get("/_gateway/health", "").await.status, 200);

@@ -43,11 +43,16 @@ async fn sse_first_event_arrives_before_the_last_is_sent() {
         .request(Method::POST, "/v1/retrievers/execute")
         .header("authorization", format!("Bearer {SEARCH_KEY}"))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"stream": true, "inputs": {"q": "cats"}}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"stream": true, "inputs": {"q": "cats"}}"#,
+        )))
         .unwrap();
     let response = h.client.send_streaming(request).await;
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     assert_eq!(response.headers()["x-cache"], "BYPASS");
     let mut body = response.into_body();
     let mut seen = String::new();
@@ -103,9 +108,15 @@ async fn request_body_reaches_upstream_before_the_client_finishes_sending() {
         .await
         .expect("first chunk reached upstream while the client was still sending")
         .unwrap();
-    client.write_all(b"b\r\nsecond-part\r\n0\r\n\r\n").await.unwrap();
+    client
+        .write_all(b"b\r\nsecond-part\r\n0\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut answer)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.await.unwrap();
