@@ -1,19 +1,29 @@
 //! The reserved `/_gateway/` routes, answered by the gateway itself and never
-//! forwarded: `health` (the process serves) and `ready` (config loaded,
-//! upstream client built, not shutting down). Any other path under the
-//! prefix is a 404 in Mixpeek's error shape.
+//! forwarded: `health` (the process serves), `ready` (config loaded,
+//! upstream client built, not shutting down) and the admin API
+//! (`DELETE /_gateway/cache[/{namespace}/{path...}]`, only with the admin
+//! key). Any other path under the prefix — however it is spelled: percent-
+//! encoded, with repeated slashes — is a 404 in Mixpeek's error shape.
 //!
-//! These routes need no key, so the layer sits above authentication.
+//! Health and ready need no key, so the layer sits above client
+//! authentication; the admin API checks its own key and answers 404, not
+//! 401, to anyone else, so that it cannot be discovered.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::{self, Either, Ready};
+use futures_util::future::{BoxFuture, Either, FutureExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
+use crate::auth::bearer_token;
 use crate::body::{self, Body, BoxError};
+use crate::cache::route::canonicalize;
+use crate::cache::{CacheKey, CacheState};
 use crate::error::GatewayError;
 
 /// The prefix no upstream route may use.
@@ -46,16 +56,29 @@ impl Default for Readiness {
     }
 }
 
+/// What the endpoints read and act on.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// Answers `ready`.
+    pub readiness: Readiness,
+    /// SHA-256 of the admin key; `None` disables the admin API.
+    pub admin_key_sha256: Option<[u8; 32]>,
+    /// The cache the admin API clears.
+    pub cache: Arc<CacheState>,
+}
+
 /// Layer for [`GatewayEndpoints`].
 #[derive(Clone, Debug)]
 pub struct GatewayEndpointsLayer {
-    readiness: Readiness,
+    endpoints: Arc<Endpoints>,
 }
 
 impl GatewayEndpointsLayer {
-    /// Answers `ready` from `readiness`.
-    pub fn new(readiness: Readiness) -> Self {
-        Self { readiness }
+    /// Serves `endpoints`.
+    pub fn new(endpoints: Endpoints) -> Self {
+        Self {
+            endpoints: Arc::new(endpoints),
+        }
     }
 }
 
@@ -65,7 +88,7 @@ impl<S> Layer<S> for GatewayEndpointsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GatewayEndpoints {
             inner,
-            readiness: self.readiness.clone(),
+            endpoints: self.endpoints.clone(),
         }
     }
 }
@@ -74,7 +97,60 @@ impl<S> Layer<S> for GatewayEndpointsLayer {
 #[derive(Clone, Debug)]
 pub struct GatewayEndpoints<S> {
     inner: S,
-    readiness: Readiness,
+    endpoints: Arc<Endpoints>,
+}
+
+/// True for any spelling of a path under the reserved prefix: the upstream
+/// would decode `%5F` and may collapse `//`, so neither may smuggle a
+/// reserved path past this layer.
+pub fn is_reserved(raw_path: &str) -> bool {
+    if !raw_path.contains("_gateway") && !raw_path.contains('%') {
+        return false;
+    }
+    let decoded = percent_decode_str(raw_path).decode_utf8_lossy();
+    let trimmed = decoded.trim_start_matches('/');
+    trimmed == "_gateway" || trimmed.starts_with("_gateway/")
+}
+
+impl Endpoints {
+    fn is_admin<B>(&self, request: &Request<B>) -> bool {
+        let Some(expected) = &self.admin_key_sha256 else {
+            return false;
+        };
+        let Some(token) = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(bearer_token)
+        else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(token).into();
+        bool::from(digest.ct_eq(expected))
+    }
+
+    async fn admin_cache(self: Arc<Self>, rest: String) -> Result<Response<Body>, BoxError> {
+        if rest.is_empty() {
+            self.cache.store.clear();
+            tracing::info!("admin: cache cleared");
+            return Ok(json(StatusCode::OK, r#"{"status":"ok","cleared":"all"}"#));
+        }
+        let (namespace, path) = rest.split_once('/').ok_or(GatewayError::NotFound)?;
+        if namespace.is_empty() || path.is_empty() {
+            return Err(GatewayError::NotFound.into());
+        }
+        let namespace = percent_decode_str(namespace).decode_utf8_lossy();
+        let key = CacheKey::detail(&namespace, canonicalize(&format!("/{path}")), None);
+        let removed = self.cache.store.remove(&key).await;
+        tracing::info!(namespace = %namespace, path = %key.path, removed, "admin: cache entry dropped");
+        Ok(json(
+            StatusCode::OK,
+            if removed {
+                r#"{"status":"ok","removed":true}"#
+            } else {
+                r#"{"status":"ok","removed":false}"#
+            },
+        ))
+    }
 }
 
 impl<S, B> Service<Request<B>> for GatewayEndpoints<S>
@@ -83,7 +159,7 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Either<Ready<Result<Response<Body>, BoxError>>, S::Future>;
+    type Future = Either<BoxFuture<'static, Result<Response<Body>, BoxError>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -91,22 +167,34 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let path = request.uri().path();
-        if !(path.starts_with(PREFIX) || path == "/_gateway") {
+        if !is_reserved(path) {
             return Either::Right(self.inner.call(request));
         }
         let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
-        let answer = match &path[path.len().min(PREFIX.len())..] {
-            "health" if is_read => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),
-            "ready" if is_read && self.readiness.is_ready() => {
+        let ready = self.endpoints.readiness.is_ready();
+        let answer = match path {
+            "/_gateway/health" if is_read => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),
+            "/_gateway/ready" if is_read && ready => {
                 Ok(json(StatusCode::OK, r#"{"status":"ready"}"#))
             }
-            "ready" if is_read => Ok(json(
+            "/_gateway/ready" if is_read => Ok(json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"status":"draining"}"#,
             )),
+            _ if request.method() == Method::DELETE && self.endpoints.is_admin(&request) => {
+                let rest = if path == "/_gateway/cache" {
+                    Some(String::new())
+                } else {
+                    path.strip_prefix("/_gateway/cache/").map(str::to_string)
+                };
+                if let Some(rest) = rest {
+                    return Either::Left(self.endpoints.clone().admin_cache(rest).boxed());
+                }
+                Err(GatewayError::NotFound.into())
+            }
             _ => Err(GatewayError::NotFound.into()),
         };
-        Either::Left(future::ready(answer))
+        Either::Left(futures_util::future::ready(answer).boxed())
     }
 }
 
@@ -134,7 +222,31 @@ mod tests {
         let inner = tower::service_fn(|_req: Request<()>| async {
             Ok::<_, BoxError>(Response::new(body::full("forwarded")))
         });
-        GatewayEndpointsLayer::new(readiness).layer(tower::util::BoxService::new(inner))
+        let toml = "[[clients]]\nname = \"a\"\nnamespace = \"ns\"\nkey_sha256 = \"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\"\n";
+        let config = crate::config::Config::from_toml(toml, |_| Some("k".into())).unwrap();
+        let endpoints = Endpoints {
+            readiness,
+            admin_key_sha256: None,
+            cache: CacheState::new(&config),
+        };
+        GatewayEndpointsLayer::new(endpoints).layer(tower::util::BoxService::new(inner))
+    }
+
+    #[test]
+    fn reserved_prefix_in_any_spelling() {
+        for path in [
+            "/_gateway/x",
+            "/_gateway",
+            "//_gateway/health",
+            "/%5Fgateway/health",
+            "/%5fgateway",
+            "///_gateway/",
+        ] {
+            assert!(is_reserved(path), "{path}");
+        }
+        for path in ["/v1/_gateway", "/_gatewayx", "/v1/x%20y", "/"] {
+            assert!(!is_reserved(path), "{path}");
+        }
     }
 
     async fn status(

@@ -19,8 +19,9 @@ use tracing::Level;
 
 use crate::auth::{Authenticate, ClientRegistry};
 use crate::body::BoxError;
+use crate::cache::{CacheLayer, CacheState};
 use crate::config::Config;
-use crate::endpoints::{GatewayEndpointsLayer, Readiness};
+use crate::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
 use crate::error;
 use crate::guard::RequestGuard;
 use crate::namespace::ResolveNamespace;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub upstream: Upstream,
     /// Cleared when the gateway starts draining.
     pub readiness: Readiness,
+    /// The execution-detail cache, flights and their counters.
+    pub cache: Arc<CacheState>,
 }
 
 impl AppState {
@@ -44,11 +47,13 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, BoxError> {
         let upstream = Upstream::new(&config.upstream)?;
         let registry = Arc::new(ClientRegistry::new(config.clients.iter().cloned()));
+        let cache = CacheState::new(&config);
         Ok(Self {
             config: Arc::new(config),
             registry,
             upstream,
             readiness: Readiness::new(),
+            cache,
         })
     }
 }
@@ -94,11 +99,17 @@ where
         // Ambiguous credentials and dot-segment paths never go further.
         .layer(FilterLayer::new(RequestGuard))
         // /_gateway/ routes need no key and are never forwarded.
-        .layer(GatewayEndpointsLayer::new(state.readiness.clone()))
+        .layer(GatewayEndpointsLayer::new(Endpoints {
+            readiness: state.readiness.clone(),
+            admin_key_sha256: state.config.server.admin_key_sha256,
+            cache: state.cache.clone(),
+        }))
         // Who is calling; strips the client's own Authorization.
         .layer(FilterLayer::new(Authenticate::new(state.registry.clone())))
         // Which namespace the request acts in (403 outside the allowed set).
         .layer(FilterLayer::new(ResolveNamespace))
+        // Terminal execution details from memory; identical calls coalesced.
+        .layer(CacheLayer::new(state.cache.clone()))
         // upstream.timeout_ms until the response head: 504.
         .layer(TimeoutLayer::new(state.config.upstream.timeout))
         .service(state.upstream.clone())

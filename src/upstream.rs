@@ -13,16 +13,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::future::{self, Either, Map, Ready};
-use futures_util::FutureExt;
+use futures_util::future::{self, BoxFuture, FutureExt};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{self, Client, ResponseFuture};
+use hyper_util::client::legacy::{self, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_http::timeout::TimeoutBody;
 
 use crate::body::{self, Body, BoxError};
 use crate::cache_status::{CacheStatus, X_CACHE};
@@ -40,6 +39,8 @@ struct Target {
     /// Path prefix of `base_url` without a trailing slash; usually empty.
     prefix: String,
     api_key: ApiKey,
+    /// Longest silence allowed between two frames of a response body.
+    body_idle: Duration,
 }
 
 /// The service that forwards a request to the Mixpeek API.
@@ -94,16 +95,13 @@ impl Upstream {
                 authority,
                 prefix,
                 api_key: config.api_key.clone(),
+                body_idle: config.timeout,
             }),
         })
     }
 
     /// Turns a client's request into the request sent upstream.
-    pub fn build_request<B>(&self, request: Request<B>) -> Result<Request<Body>, GatewayError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    pub fn build_request(&self, request: Request<Body>) -> Result<Request<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
         let namespace = parts
             .extensions
@@ -142,41 +140,46 @@ impl Upstream {
             self.target.api_key.authorization().clone(),
         );
         headers.insert(X_NAMESPACE.clone(), namespace);
-        Ok(Request::from_parts(parts, body::boxed(body)))
+        Ok(Request::from_parts(parts, body))
     }
 }
 
-type Finish = fn(Result<Response<Incoming>, legacy::Error>) -> Result<Response<Body>, BoxError>;
-
-impl<B> tower::Service<Request<B>> for Upstream
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+impl tower::Service<Request<Body>> for Upstream {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Either<Ready<Result<Response<Body>, BoxError>>, Map<ResponseFuture, Finish>>;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         match self.build_request(request) {
-            Ok(request) => Either::Right(self.client.request(request).map(finish as Finish)),
-            Err(error) => Either::Left(future::ready(Err(error.into()))),
+            Ok(request) => {
+                let body_idle = self.target.body_idle;
+                self.client
+                    .request(request)
+                    .map(move |result| finish(result, body_idle))
+                    .boxed()
+            }
+            Err(error) => future::ready(Err(error.into())).boxed(),
         }
     }
 }
 
 /// Prepares an upstream response for the client: hop-by-hop headers out,
-/// `X-Cache: BYPASS` in (the cache layer overrides it on cached routes).
-fn finish(result: Result<Response<Incoming>, legacy::Error>) -> Result<Response<Body>, BoxError> {
+/// `X-Cache: BYPASS` in (the cache layer overrides it on cached routes), and
+/// a body that fails if upstream goes silent for `body_idle` mid-stream, so
+/// a stalled upstream can never hold a client forever.
+fn finish(
+    result: Result<Response<Incoming>, legacy::Error>,
+    body_idle: Duration,
+) -> Result<Response<Body>, BoxError> {
     let mut response = result?;
     let headers = response.headers_mut();
     remove_hop_by_hop(headers);
     headers.insert(X_CACHE.clone(), CacheStatus::Bypass.header_value());
-    Ok(response.map(body::boxed))
+    Ok(response.map(|incoming| body::boxed(TimeoutBody::new(body_idle, incoming))))
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including every header
@@ -212,7 +215,6 @@ mod tests {
     use super::*;
     use crate::auth::AuthenticatedClient;
     use crate::config::ClientConfig;
-    use http_body_util::Empty;
 
     fn upstream(base: &str) -> Upstream {
         let config = UpstreamConfig {
@@ -224,7 +226,7 @@ mod tests {
         Upstream::new(&config).unwrap()
     }
 
-    fn namespaced(uri: &str) -> Request<Empty<Bytes>> {
+    fn namespaced(uri: &str) -> Request<Body> {
         let client = Arc::new(ClientConfig {
             name: "t".into(),
             key_sha256: [0; 32],
@@ -239,7 +241,7 @@ mod tests {
             .header("x-secret-hop", "1")
             .header("keep-alive", "timeout=5")
             .header("x-request-id", "abc")
-            .body(Empty::new())
+            .body(body::empty())
             .unwrap();
         let _ = request.extensions_mut().insert(AuthenticatedClient(client));
         use tower::filter::Predicate;
@@ -266,10 +268,7 @@ mod tests {
     #[tokio::test]
     async fn refuses_without_namespace() {
         let up = upstream("http://127.0.0.1:9");
-        let request = Request::builder()
-            .uri("/v1/x")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let request = Request::builder().uri("/v1/x").body(body::empty()).unwrap();
         assert!(matches!(
             up.build_request(request),
             Err(GatewayError::Internal(_))

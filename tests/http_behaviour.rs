@@ -314,6 +314,7 @@ async fn upstream_errors_pass_through_unchanged() {
         .get("/v1/retrievers/executions/nope", SEARCH_KEY)
         .await;
     assert_eq!(reply.status, 404);
-    assert_eq!(reply.header("x-cache"), "BYPASS");
+    // A cacheable route: this request made the (uncached) upstream call.
+    assert_eq!(reply.header("x-cache"), "MISS");
     assert_eq!(reply.json()["error"]["type"], "NotFoundError");
 }

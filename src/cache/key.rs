@@ -1,0 +1,261 @@
+//! What identifies a cache entry or an in-flight call.
+//!
+//! Every key carries the effective namespace as its own field: the same
+//! execution id in two namespaces is two executions, and one team must never
+//! be served another's data (BerriAI/litellm #29955). Keys do not carry the
+//! client: two teams on one namespace share entries (Kong/kong #5887).
+
+use std::fmt::Write;
+
+use http::HeaderMap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// A cache or flight key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// The effective namespace.
+    pub namespace: String,
+    /// The canonical path.
+    pub path: String,
+    /// Query parameters, decoded, sorted and re-encoded.
+    pub query: String,
+    /// The request body, for list queries.
+    pub body: BodyKey,
+}
+
+/// The part of a key that comes from the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BodyKey {
+    /// An execution detail (`GET`): no body.
+    Detail,
+    /// A list query sent without a body. The API documents the body as
+    /// optional but not that "absent" means `{}`, so the two stay apart.
+    Absent,
+    /// SHA-256 of the media type and the canonical JSON body.
+    Json([u8; 32]),
+}
+
+impl CacheKey {
+    /// The key of an execution detail.
+    pub fn detail(namespace: &str, path: String, raw_query: Option<&str>) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            path,
+            query: canonical_query(raw_query),
+            body: BodyKey::Detail,
+        }
+    }
+
+    /// The key of a list query, or `None` when the body is not JSON (such a
+    /// request is forwarded alone).
+    pub fn list(
+        namespace: &str,
+        path: String,
+        raw_query: Option<&str>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Self> {
+        Some(Self {
+            namespace: namespace.to_string(),
+            path,
+            query: canonical_query(raw_query),
+            body: list_body_key(headers, body)?,
+        })
+    }
+
+    /// Approximate bytes the key occupies, for the cache weigher.
+    pub fn weight(&self) -> usize {
+        std::mem::size_of::<Self>() + self.namespace.len() + self.path.len() + self.query.len()
+    }
+}
+
+/// Decodes the query pairs, sorts them by name and re-encodes them one way,
+/// so parameter order and equivalent encodings do not matter. The sort is
+/// stable: repeated values of one name keep their order, because the API
+/// reads the last one.
+pub fn canonical_query(raw: Option<&str>) -> String {
+    let Some(raw) = raw.filter(|q| !q.is_empty()) else {
+        return String::new();
+    };
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// The body part of a list key: media type plus canonical JSON (object keys
+/// sorted, no insignificant whitespace). `None` for a body that is not JSON.
+pub fn list_body_key(headers: &HeaderMap, body: &[u8]) -> Option<BodyKey> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Some(BodyKey::Absent).filter(|_| body.is_empty());
+    }
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let mut hasher = Sha256::new();
+    let media_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    hasher.update(media_type.as_bytes());
+    hasher.update([0]);
+    // serde_json's map is ordered by key, so this prints it canonically.
+    hasher.update(value.to_string().as_bytes());
+    Some(BodyKey::Json(hasher.finalize().into()))
+}
+
+/// A short printable form of a key for logs (never contains body content).
+pub fn describe(key: &CacheKey) -> String {
+    let mut out = format!("{} {}", key.namespace, key.path);
+    if !key.query.is_empty() {
+        let _ = write!(out, "?{}", key.query);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h
+    }
+
+    fn key(body: &str, query: Option<&str>) -> Option<CacheKey> {
+        CacheKey::list(
+            "ns",
+            "/v1/retrievers/executions/list".into(),
+            query,
+            &json_headers(),
+            body.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn order_whitespace_and_query_order_do_not_matter() {
+        let a = key(
+            r#"{"status":"completed","count_only":false}"#,
+            Some("limit=5&offset=10"),
+        );
+        let b = key(
+            "{ \"count_only\" : false,\n \"status\": \"completed\" }",
+            Some("offset=10&limit=5"),
+        );
+        assert_eq!(a, b);
+        assert!(a.is_some());
+    }
+
+    #[test]
+    fn different_values_namespaces_and_absent_bodies_differ() {
+        assert_ne!(
+            key(r#"{"status":"completed"}"#, None),
+            key(r#"{"status":"failed"}"#, None)
+        );
+        assert_ne!(key(r#"{"limit":1}"#, None), key(r#"{"limit":1.0}"#, None));
+        assert_ne!(key("", None), key("{}", None));
+        assert_ne!(key("{}", Some("limit=1")), key("{}", Some("limit=2")));
+        // Repeated names keep their order: the API reads the last value.
+        assert_ne!(
+            key("{}", Some("limit=1&limit=2")),
+            key("{}", Some("limit=2&limit=1"))
+        );
+        let other_ns = CacheKey::list(
+            "ns2",
+            "/v1/retrievers/executions/list".into(),
+            None,
+            &json_headers(),
+            b"{}",
+        );
+        assert_ne!(key("{}", None), other_ns);
+    }
+
+    #[test]
+    fn invalid_json_has_no_key() {
+        assert_eq!(key("{not json", None), None);
+        assert_eq!(key("   ", None), None);
+    }
+
+    #[test]
+    fn media_type_parameters_do_not_matter_but_type_does() {
+        let mut with_charset = HeaderMap::new();
+        with_charset.insert(
+            "content-type",
+            "Application/JSON; charset=utf-8".parse().unwrap(),
+        );
+        let a = list_body_key(&json_headers(), b"{}");
+        assert_eq!(a, list_body_key(&with_charset, b"{}"));
+        assert_ne!(a, list_body_key(&HeaderMap::new(), b"{}"));
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(Value::from),
+            "[a-z0-9 ]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,6}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Writes `value` with object keys in reverse order and extra whitespace.
+    fn scrambled(value: &Value) -> String {
+        match value {
+            Value::Object(map) => {
+                let parts: Vec<String> = map
+                    .iter()
+                    .rev()
+                    .map(|(k, v)| format!(" \n{} :\t{} ", Value::String(k.clone()), scrambled(v)))
+                    .collect();
+                format!("{{ {} }}", parts.join(","))
+            }
+            Value::Array(items) => {
+                format!(
+                    "[ {} ]",
+                    items.iter().map(scrambled).collect::<Vec<_>>().join(" , ")
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn permutations_and_whitespace_map_to_one_key(value in json_value()) {
+            let plain = list_body_key(&json_headers(), value.to_string().as_bytes());
+            let messy = list_body_key(&json_headers(), scrambled(&value).as_bytes());
+            prop_assert!(plain.is_some());
+            prop_assert_eq!(plain, messy);
+        }
+
+        #[test]
+        fn different_values_map_to_different_keys(a in json_value(), b in json_value()) {
+            prop_assume!(a != b);
+            prop_assert_ne!(
+                list_body_key(&json_headers(), a.to_string().as_bytes()),
+                list_body_key(&json_headers(), b.to_string().as_bytes())
+            );
+        }
+
+        #[test]
+        fn query_order_does_not_matter(map in prop::collection::btree_map("[a-z]{1,4}", "[a-z0-9 %&=]{0,4}", 0..6)) {
+            let mut pairs: Vec<(String, String)> = map.into_iter().collect();
+            let encode = |pairs: &[(String, String)]| form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+            let forward = canonical_query(Some(&encode(&pairs)));
+            pairs.reverse();
+            prop_assert_eq!(forward, canonical_query(Some(&encode(&pairs))));
+        }
+    }
+}

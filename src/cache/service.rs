@@ -1,0 +1,491 @@
+//! The cache and coalescing layer: sits below namespace resolution and above
+//! the upstream.
+//!
+//! - `GET` of an execution detail: a hit is answered from the store
+//!   (`X-Cache: HIT`); a miss joins or starts the single flight for its key.
+//!   A 200 whose `status` is terminal is stored before the flight ends, so
+//!   no request can slip between "flight over" and "entry stored".
+//! - `POST` of a list query: the body is read (bounded by the body limit),
+//!   canonicalised into the key, and identical queries share one flight. A
+//!   body that is not JSON goes upstream alone.
+//! - Mutations under a cached path drop what is cached at and below it, in
+//!   that namespace (RFC 9111 §4.4), before forwarding and again after a
+//!   non-error answer.
+//! - Everything else passes straight through (`X-Cache: BYPASS`).
+//!
+//! The upstream call of a flight runs in its own task and publishes its
+//! outcome to every request that joined, so any client — the one that
+//! started it included — may disconnect at any time without affecting the
+//! others. A response too large to share ([`SHARE_LIMIT`]) is streamed to
+//! the request that started the flight; the waiters then call upstream on
+//! their own.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use http::request::Parts;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use super::flight::{Flights, Joined};
+use super::key::CacheKey;
+use super::metrics::{bump, CacheMetrics, RouteClass};
+use super::policy;
+use super::route::{self, Route};
+use super::store::{Entry, Store};
+use crate::body::{self, Body, BoxError};
+use crate::cache_status::{CacheStatus, X_CACHE};
+use crate::config::Config;
+use crate::error::{classify, GatewayError};
+use crate::namespace::EffectiveNamespace;
+
+/// Largest response body shared between coalesced requests or cached
+/// (16 MiB). Larger ones stream to the request that fetched them.
+pub const SHARE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// What a flight ends with.
+#[derive(Clone, Debug)]
+enum Outcome {
+    /// The full response, shared by everyone who joined.
+    Shared(Arc<SharedResponse>),
+    /// The gateway's own error (timeout, unreachable upstream), shared too.
+    Failed(GatewayError),
+    /// Too large to share: the leader streams it, waiters retry alone.
+    Unshareable,
+}
+
+/// A buffered upstream response.
+#[derive(Debug)]
+struct SharedResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl SharedResponse {
+    fn to_response(&self, cache_status: CacheStatus) -> Response<Body> {
+        let mut response = Response::new(body::full(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        response
+            .headers_mut()
+            .insert(X_CACHE.clone(), cache_status.header_value());
+        response
+    }
+}
+
+/// Whether a flight's result may be stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Detail,
+    List,
+}
+
+/// Everything the layer shares across requests: the store, the flights,
+/// the counters and the settings.
+#[derive(Debug)]
+pub struct CacheState {
+    /// The cached entries.
+    pub store: Store,
+    /// Counters for the metrics endpoint.
+    pub metrics: CacheMetrics,
+    flights: Arc<Flights<CacheKey, Outcome>>,
+    terminal_statuses: Vec<String>,
+    list_ttl: Duration,
+    timeout: Duration,
+}
+
+impl CacheState {
+    /// Builds the store and flight table from the config.
+    pub fn new(config: &Config) -> Arc<Self> {
+        // A list result can't be kept with a zero TTL; the store still
+        // needs a lifetime for the kind.
+        let list_ttl = config.coalesce.list_ttl;
+        Arc::new(Self {
+            store: Store::new(
+                config.cache.max_bytes,
+                config.cache.ttl,
+                list_ttl.max(Duration::from_millis(1)),
+            ),
+            metrics: CacheMetrics::default(),
+            flights: Flights::new(),
+            terminal_statuses: config.cache.terminal_statuses.clone(),
+            list_ttl,
+            timeout: config.upstream.timeout,
+        })
+    }
+
+    /// Number of upstream calls being shared right now.
+    pub fn flights_in_progress(&self) -> usize {
+        self.flights.len()
+    }
+
+    fn storable(&self, kind: Kind, status: StatusCode, body: &[u8]) -> bool {
+        match kind {
+            Kind::Detail => policy::is_terminal_detail(status, body, &self.terminal_statuses),
+            Kind::List => !self.list_ttl.is_zero() && status == StatusCode::OK,
+        }
+    }
+
+    async fn invalidate(&self, namespace: &str, path: &str, exact_detail: bool) {
+        if exact_detail {
+            self.store.invalidate_exact(namespace, path).await;
+        } else {
+            self.store.invalidate_below(namespace, path);
+        }
+    }
+}
+
+/// Layer for [`CacheService`].
+#[derive(Clone, Debug)]
+pub struct CacheLayer {
+    state: Arc<CacheState>,
+}
+
+impl CacheLayer {
+    /// A layer sharing `state`.
+    pub fn new(state: Arc<CacheState>) -> Self {
+        Self { state }
+    }
+}
+
+/// The service below the cache, type-erased: flights move clones of it into
+/// their own tasks.
+pub type Inner = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+impl<S> Layer<S> for CacheLayer
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = CacheService;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService {
+            inner: BoxCloneSyncService::new(inner),
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// Serves cached routes from the store and coalesces identical calls.
+#[derive(Clone, Debug)]
+pub struct CacheService {
+    inner: Inner,
+    state: Arc<CacheState>,
+}
+
+impl<B> Service<Request<B>> for CacheService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let state = self.state.clone();
+        match route::classify(request.method(), request.uri().path()) {
+            Route::PassThrough => {
+                bump(&state.metrics.bypassed);
+                state.metrics.upstream_call(RouteClass::Passthrough);
+                self.inner.call(request.map(body::boxed))
+            }
+            Route::Detail { path } => Box::pin(detail(state, self.inner.clone(), request, path)),
+            Route::List { path } => Box::pin(list(state, self.inner.clone(), request, path)),
+            Route::Invalidate { path, exact_detail } => Box::pin(mutation(
+                state,
+                self.inner.clone(),
+                request,
+                path,
+                exact_detail,
+            )),
+        }
+    }
+}
+
+fn namespace_of<B>(request: &Request<B>) -> Result<String, GatewayError> {
+    request
+        .extensions()
+        .get::<EffectiveNamespace>()
+        .map(|ns| ns.as_str().to_string())
+        .ok_or(GatewayError::Internal("no namespace resolved"))
+}
+
+async fn detail<B>(
+    state: Arc<CacheState>,
+    inner: Inner,
+    request: Request<B>,
+    path: String,
+) -> Result<Response<Body>, BoxError> {
+    let key = CacheKey::detail(&namespace_of(&request)?, path, request.uri().query());
+    if !policy::request_skips_lookup(request.headers()) {
+        if let Some(entry) = state.store.get(&key).await {
+            bump(&state.metrics.hits);
+            return Ok(entry.to_response());
+        }
+    }
+    // A GET's body means nothing to these routes; it is not forwarded.
+    let (parts, _body) = request.into_parts();
+    coalesce(state, inner, key, parts, Bytes::new(), Kind::Detail).await
+}
+
+async fn list<B>(
+    state: Arc<CacheState>,
+    inner: Inner,
+    request: Request<B>,
+    path: String,
+) -> Result<Response<Body>, BoxError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let namespace = namespace_of(&request)?;
+    let (parts, body) = request.into_parts();
+    // Bounded by the body limit layer above: over it, this is a 413.
+    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+    let key = CacheKey::list(&namespace, path, parts.uri.query(), &parts.headers, &bytes);
+    let Some(key) = key else {
+        // Not JSON: the API will answer 422; don't share that guess.
+        bump(&state.metrics.bypassed);
+        state.metrics.upstream_call(RouteClass::List);
+        return send(inner, upstream_request(parts, bytes)).await;
+    };
+    if !state.list_ttl.is_zero() && !policy::request_skips_lookup(&parts.headers) {
+        if let Some(entry) = state.store.get(&key).await {
+            bump(&state.metrics.hits);
+            return Ok(entry.to_response());
+        }
+    }
+    coalesce(state, inner, key, parts, bytes, Kind::List).await
+}
+
+async fn mutation<B>(
+    state: Arc<CacheState>,
+    inner: Inner,
+    request: Request<B>,
+    path: String,
+    exact_detail: bool,
+) -> Result<Response<Body>, BoxError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let namespace = namespace_of(&request)?;
+    state.invalidate(&namespace, &path, exact_detail).await;
+    bump(&state.metrics.bypassed);
+    state.metrics.upstream_call(RouteClass::Passthrough);
+    let response = send(inner, request.map(body::boxed)).await?;
+    // Again once upstream has applied it: a read racing the mutation may
+    // have stored the old state meanwhile.
+    if response.status().is_success() || response.status().is_redirection() {
+        state.invalidate(&namespace, &path, exact_detail).await;
+    }
+    Ok(response)
+}
+
+/// Calls the service below. A plain function returning a boxed future on
+/// purpose: awaiting `Oneshot` directly inside the async functions here
+/// trips a rustc limitation with higher-ranked lifetimes in `dyn Error`.
+fn send(
+    inner: Inner,
+    request: Request<Body>,
+) -> BoxFuture<'static, Result<Response<Body>, BoxError>> {
+    Box::pin(inner.oneshot(request))
+}
+
+/// The request a flight (or a lone retry) sends: the client's head with a
+/// buffered body whose length hyper sets itself.
+fn upstream_request(mut parts: Parts, body: Bytes) -> Request<Body> {
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Request::from_parts(parts, body::full(body))
+}
+
+async fn coalesce(
+    state: Arc<CacheState>,
+    inner: Inner,
+    key: CacheKey,
+    parts: Parts,
+    body: Bytes,
+    kind: Kind,
+) -> Result<Response<Body>, BoxError> {
+    let class = match kind {
+        Kind::Detail => RouteClass::Detail,
+        Kind::List => RouteClass::List,
+    };
+    match state.flights.join(&key) {
+        Joined::Waiter(waiter) => {
+            bump(&state.metrics.coalesced);
+            let outcome = tokio::time::timeout(state.timeout, waiter.wait())
+                .await
+                .map_err(|_| GatewayError::GatewayTimeout)?;
+            match outcome {
+                Some(Outcome::Shared(response)) => Ok(response.to_response(CacheStatus::Coalesced)),
+                Some(Outcome::Failed(error)) => Err(error.into()),
+                Some(Outcome::Unshareable) => {
+                    bump(&state.metrics.unshareable);
+                    state.metrics.upstream_call(class);
+                    let mut response = send(inner, upstream_request(parts, body)).await?;
+                    response
+                        .headers_mut()
+                        .insert(X_CACHE.clone(), CacheStatus::Miss.header_value());
+                    Ok(response)
+                }
+                None => Err(
+                    GatewayError::BadGateway("shared upstream call was abandoned".into()).into(),
+                ),
+            }
+        }
+        Joined::Leader(leader) => {
+            bump(&state.metrics.misses);
+            let outcome = leader.waiter();
+            let (handoff, handed_off) = oneshot::channel();
+            let request = upstream_request(parts, body);
+            let flight_state = state.clone();
+            // Its own task: nothing this request does (or its client's
+            // disconnect) can cancel the call the others are waiting for.
+            tokio::spawn(async move {
+                flight_state.metrics.upstream_call(class);
+                let result = fly(&flight_state, inner, request, kind, key).await;
+                let outcome = match result {
+                    Fetched::Shared(response) => Outcome::Shared(response),
+                    Fetched::Failed(error) => Outcome::Failed(error),
+                    Fetched::TooLarge(response) => {
+                        bump(&flight_state.metrics.unshareable);
+                        let _ = handoff.send(response);
+                        Outcome::Unshareable
+                    }
+                };
+                leader.finish(outcome);
+            });
+            match outcome.wait().await {
+                Some(Outcome::Shared(response)) => Ok(response.to_response(CacheStatus::Miss)),
+                Some(Outcome::Failed(error)) => Err(error.into()),
+                Some(Outcome::Unshareable) => handed_off.await.map_err(|_| {
+                    GatewayError::Internal("oversized response was not handed over").into()
+                }),
+                None => {
+                    Err(GatewayError::Internal("upstream call ended without an outcome").into())
+                }
+            }
+        }
+    }
+}
+
+enum Fetched {
+    Shared(Arc<SharedResponse>),
+    Failed(GatewayError),
+    TooLarge(Response<Body>),
+}
+
+/// The upstream call of a flight: fetch, buffer, store if allowed.
+async fn fly(
+    state: &CacheState,
+    inner: Inner,
+    request: Request<Body>,
+    kind: Kind,
+    key: CacheKey,
+) -> Fetched {
+    let fetched = tokio::time::timeout(state.timeout, async {
+        let response = send(inner, request).await?;
+        buffer(response).await
+    })
+    .await;
+    let (parts, bytes) = match fetched {
+        Err(_elapsed) => return Fetched::Failed(GatewayError::GatewayTimeout),
+        Ok(Err(error)) => return Fetched::Failed(classify(error.as_ref())),
+        Ok(Ok(Buffered::TooLarge(response))) => return Fetched::TooLarge(response),
+        Ok(Ok(Buffered::Whole(parts, bytes))) => (parts, bytes),
+    };
+    if state.storable(kind, parts.status, &bytes) {
+        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+        state
+            .store
+            .insert(key, Entry::new(parts.status, content_type, bytes.clone()))
+            .await;
+    }
+    Fetched::Shared(Arc::new(SharedResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body: bytes,
+    }))
+}
+
+enum Buffered {
+    Whole(http::response::Parts, Bytes),
+    TooLarge(Response<Body>),
+}
+
+/// Reads the whole body, unless it grows past [`SHARE_LIMIT`]: then the part
+/// read so far and the rest are handed back as one streaming response.
+async fn buffer(response: Response<Body>) -> Result<Buffered, BoxError> {
+    let (parts, mut body) = response.into_parts();
+    let mut chunks = VecDeque::new();
+    let mut size = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers are not shared
+        };
+        size += data.len();
+        chunks.push_back(data);
+        if size > SHARE_LIMIT {
+            let mut response =
+                Response::from_parts(parts, body::boxed(Prefixed { chunks, rest: body }));
+            response
+                .headers_mut()
+                .insert(X_CACHE.clone(), CacheStatus::Miss.header_value());
+            return Ok(Buffered::TooLarge(response));
+        }
+    }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(size);
+            for chunk in chunks {
+                all.extend_from_slice(&chunk);
+            }
+            all.freeze()
+        }
+    };
+    Ok(Buffered::Whole(parts, bytes))
+}
+
+/// A body that replays already-read chunks, then continues with the rest.
+struct Prefixed {
+    chunks: VecDeque<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
