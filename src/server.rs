@@ -78,6 +78,8 @@ pub async fn serve(
 pub struct RunningGateway {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Its state: config, cache and counters.
+    pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -112,11 +114,12 @@ pub async fn spawn(config: Config) -> Result<RunningGateway, BoxError> {
     let addr = listener.local_addr()?;
     let state = AppState::new(config)?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, state, async move {
+    let task = tokio::spawn(serve(listener, state.clone(), async move {
         let _ = stopped.await;
     }));
     Ok(RunningGateway {
         addr,
+        state,
         stop: Some(stop),
         task,
     })

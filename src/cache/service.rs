@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -102,6 +103,7 @@ pub struct CacheState {
     terminal_statuses: Vec<String>,
     list_ttl: Duration,
     timeout: Duration,
+    share_limit: AtomicUsize,
 }
 
 impl CacheState {
@@ -121,7 +123,14 @@ impl CacheState {
             terminal_statuses: config.cache.terminal_statuses.clone(),
             list_ttl,
             timeout: config.upstream.timeout,
+            share_limit: AtomicUsize::new(SHARE_LIMIT),
         })
+    }
+
+    /// Changes the largest response body shared or cached (default
+    /// [`SHARE_LIMIT`]); applies to flights started afterwards.
+    pub fn set_share_limit(&self, bytes: usize) {
+        self.share_limit.store(bytes, Ordering::Relaxed);
     }
 
     /// Number of upstream calls being shared right now.
@@ -406,7 +415,7 @@ async fn fly(
 ) -> Fetched {
     let fetched = tokio::time::timeout(state.timeout, async {
         let response = send(inner, request).await?;
-        buffer(response).await
+        buffer(response, state.share_limit.load(Ordering::Relaxed)).await
     })
     .await;
     let (parts, bytes) = match fetched {
@@ -434,9 +443,9 @@ enum Buffered {
     TooLarge(Response<Body>),
 }
 
-/// Reads the whole body, unless it grows past [`SHARE_LIMIT`]: then the part
-/// read so far and the rest are handed back as one streaming response.
-async fn buffer(response: Response<Body>) -> Result<Buffered, BoxError> {
+/// Reads the whole body, unless it grows past `limit`: then the part read so
+/// far and the rest are handed back as one streaming response.
+async fn buffer(response: Response<Body>, limit: usize) -> Result<Buffered, BoxError> {
     let (parts, mut body) = response.into_parts();
     let mut chunks = VecDeque::new();
     let mut size = 0usize;
@@ -446,7 +455,7 @@ async fn buffer(response: Response<Body>) -> Result<Buffered, BoxError> {
         };
         size += data.len();
         chunks.push_back(data);
-        if size > SHARE_LIMIT {
+        if size > limit {
             let mut response =
                 Response::from_parts(parts, body::boxed(Prefixed { chunks, rest: body }));
             response
@@ -487,5 +496,43 @@ impl http_body::Body for Prefixed {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    fn chunked(chunks: &[&'static str]) -> Response<Body> {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        Response::new(body::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_buffered_whole() {
+        let Buffered::Whole(_, bytes) = buffer(chunked(&["ab", "cd", "e"]), 10).await.unwrap()
+        else {
+            panic!("fits")
+        };
+        assert_eq!(bytes, "abcde");
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_stream_on_with_nothing_lost() {
+        let Buffered::TooLarge(response) = buffer(chunked(&["abc", "def", "ghi", "jkl"]), 5)
+            .await
+            .unwrap()
+        else {
+            panic!("too large")
+        };
+        assert_eq!(response.headers()["x-cache"], "MISS");
+        let all = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(all, "abcdefghijkl");
     }
 }

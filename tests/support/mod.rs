@@ -47,6 +47,7 @@ allowed_namespaces = ["ns_search", "staging"]
 name = "ads-team"
 key_sha256 = "{ads}"
 namespace = "ns_ads"
+allowed_namespaces = ["ns_ads", "staging"]
 "#,
         search = digest(SEARCH_KEY),
         ads = digest(ADS_KEY),
@@ -171,6 +172,15 @@ impl TestClient {
         request: Request<Full<Bytes>>,
     ) -> http::Response<hyper::body::Incoming> {
         self.client.request(request).await.unwrap()
+    }
+
+    /// Opens `n` pooled connections (by `n` concurrent health checks), so a
+    /// following burst reaches the gateway without connection set-up.
+    pub async fn warm(&self, n: usize) {
+        let checks = (0..n).map(|_| self.get("/_gateway/health", ""));
+        for reply in futures_util::future::join_all(checks).await {
+            assert_eq!(reply.status, StatusCode::OK);
+        }
     }
 
     /// GET with a gateway key.
