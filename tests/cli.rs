@@ -233,3 +233,111 @@ async fn logs_of_a_full_run_never_contain_a_key() {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
     }
 }
+
+/// Reads `child`'s stdout until a line contains `marker`; returns all lines.
+async fn read_stdout_until(child: &mut std::process::Child, marker: &'static str) -> Vec<String> {
+    let stdout = child.stdout.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains(marker);
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap()
+}
+
+fn signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn demo_prints_a_working_key_and_curl_line() {
+    let listen = closed_port().await;
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", &listen.to_string()])
+        .env_remove("MIXPEEK_API_KEY")
+        .env(
+            "MIXPEEK_GATEWAY_CONFIG",
+            "/nonexistent/demo-needs-no-config.toml",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = read_stdout_until(&mut child, "Ctrl-C stops").await;
+    let text = lines.join("\n");
+    assert!(text.contains(&format!("http://{listen}")), "{text}");
+    let key = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("demo client key:"))
+        .map(|k| k.trim().to_string())
+        .expect("demo prints its key");
+    let curl = lines
+        .iter()
+        .find(|l| l.contains("curl"))
+        .expect("a curl line");
+    assert!(curl.contains(&key) && curl.contains(&format!("http://{listen}/v1/")));
+
+    // What the curl line does, with a real client.
+    let client = TestClient::new(format!("http://{listen}"));
+    let reply = client.get("/v1/retrievers/executions/exec_42", &key).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["execution_id"], "exec_42");
+    assert_eq!(
+        client
+            .get("/v1/retrievers/executions/exec_42", "wrong")
+            .await
+            .status,
+        401
+    );
+
+    signal(&child, "-TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sim_subcommand_serves_the_simulated_api() {
+    let listen = closed_port().await;
+    let mut child = Command::new(BIN)
+        .args(["sim", "--listen", &listen.to_string()])
+        .env("MIXPEEK_API_KEY", REAL_KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    read_stdout_until(&mut child, "simulated Mixpeek API on").await;
+    let client = TestClient::new(format!("http://{listen}"));
+    let reply = client
+        .get("/v1/retrievers/executions/exec_1", REAL_KEY)
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["status"], "completed");
+    assert_eq!(
+        client
+            .get("/v1/retrievers/executions/exec_1", SEARCH_KEY)
+            .await
+            .status,
+        401
+    );
+    signal(&child, "-INT");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

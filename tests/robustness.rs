@@ -118,3 +118,86 @@ async fn upstream_closing_mid_body_closes_cleanly_and_the_gateway_keeps_serving(
     }
     assert_eq!(client.get("/_gateway/health", "").await.status, 200);
 }
+
+#[tokio::test]
+async fn upstream_that_stalls_mid_body_is_cut_off_after_the_timeout() {
+    // Sends the head and one chunk, then goes silent while keeping the
+    // connection open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (hold, mut held) = tokio::sync::mpsc::channel::<tokio::net::TcpStream>(8);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await;
+            let _ = hold.send(stream).await;
+        }
+    });
+    let config = config(&config_toml(
+        &format!("http://{addr}"),
+        "",
+        "timeout_ms = 300",
+    ));
+    let gateway = mixpeek_gateway::server::spawn(config).await.unwrap();
+    let client = TestClient::new(gateway.url());
+    let request = client
+        .request(http::Method::GET, "/v1/collections")
+        .header("authorization", format!("Bearer {SEARCH_KEY}"))
+        .body(Default::default())
+        .unwrap();
+    let response = client.send_streaming(request).await;
+    assert_eq!(response.status(), 200);
+    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the gateway ends a stalled body instead of hanging");
+    assert!(collected.is_err());
+    // The upstream connection is still open: the gateway gave up, not upstream.
+    assert!(held.try_recv().is_ok());
+}
+
+#[tokio::test]
+async fn reserved_prefix_cannot_be_smuggled_upstream() {
+    let h = Harness::start().await;
+    for path in [
+        "/%5Fgateway/health",
+        "//_gateway/health",
+        "/%5fgateway/cache",
+        "///_gateway",
+    ] {
+        h.client
+            .get(path, SEARCH_KEY)
+            .await
+            .assert_error(404, "not_found");
+    }
+    assert_eq!(h.sim.total(), 0);
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let h = Harness::start().await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let request = http::Request::get(format!(
+        "{}/v1/retrievers/executions/exec_1",
+        h.gateway.url()
+    ))
+    .header("authorization", format!("Bearer {SEARCH_KEY}"))
+    .body(Default::default())
+    .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("exec_1"));
+    // Forwarded upstream over HTTP/1.1 with the real key all the same.
+    let seen = h.sim.requests().pop().unwrap();
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {REAL_KEY}").as_str()
+    );
+}

@@ -73,12 +73,14 @@ impl CacheKey {
 /// Decodes the query pairs, sorts them by name and re-encodes them one way,
 /// so parameter order and equivalent encodings do not matter. The sort is
 /// stable: repeated values of one name keep their order, because the API
-/// reads the last one.
+/// reads the last one. `namespace` is left out: the key's namespace field
+/// already holds the namespace the API will use.
 pub fn canonical_query(raw: Option<&str>) -> String {
     let Some(raw) = raw.filter(|q| !q.is_empty()) else {
         return String::new();
     };
     let mut pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+        .filter(|(k, _)| k != "namespace")
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     pairs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -161,6 +163,10 @@ mod tests {
         assert_ne!(key(r#"{"limit":1}"#, None), key(r#"{"limit":1.0}"#, None));
         assert_ne!(key("", None), key("{}", None));
         assert_ne!(key("{}", Some("limit=1")), key("{}", Some("limit=2")));
+        assert_eq!(
+            key("{}", Some("namespace=x&limit=1")),
+            key("{}", Some("limit=1"))
+        );
         // Repeated names keep their order: the API reads the last value.
         assert_ne!(
             key("{}", Some("limit=1&limit=2")),
