@@ -23,7 +23,7 @@ use tower::{Layer, Service};
 use crate::auth::bearer_token;
 use crate::body::{self, Body, BoxError};
 use crate::cache::route::canonicalize;
-use crate::cache::{CacheKey, CacheState};
+use crate::cache::CacheState;
 use crate::error::GatewayError;
 
 /// The prefix no upstream route may use.
@@ -128,20 +128,24 @@ impl Endpoints {
         bool::from(digest.ct_eq(expected))
     }
 
-    async fn admin_cache(self: Arc<Self>, rest: String) -> Result<Response<Body>, BoxError> {
-        if rest.is_empty() {
-            self.cache.store.clear();
+    /// `rest` is what follows `/_gateway/cache/`; `None` for the whole cache.
+    async fn admin_cache(
+        self: Arc<Self>,
+        rest: Option<String>,
+    ) -> Result<Response<Body>, BoxError> {
+        let Some(rest) = rest else {
+            self.cache.clear();
             tracing::info!("admin: cache cleared");
             return Ok(json(StatusCode::OK, r#"{"status":"ok","cleared":"all"}"#));
-        }
+        };
         let (namespace, path) = rest.split_once('/').ok_or(GatewayError::NotFound)?;
         if namespace.is_empty() || path.is_empty() {
             return Err(GatewayError::NotFound.into());
         }
         let namespace = percent_decode_str(namespace).decode_utf8_lossy();
-        let key = CacheKey::detail(&namespace, canonicalize(&format!("/{path}")), None);
-        let removed = self.cache.store.remove(&key).await;
-        tracing::info!(namespace = %namespace, path = %key.path, removed, "admin: cache entry dropped");
+        let path = canonicalize(&format!("/{path}"));
+        let removed = self.cache.drop_detail(&namespace, &path).await;
+        tracing::info!(namespace = %namespace, path = %path, removed, "admin: cache entry dropped");
         Ok(json(
             StatusCode::OK,
             if removed {
@@ -182,15 +186,19 @@ where
                 r#"{"status":"draining"}"#,
             )),
             _ if request.method() == Method::DELETE && self.endpoints.is_admin(&request) => {
-                let rest = if path == "/_gateway/cache" {
-                    Some(String::new())
+                let target = if path == "/_gateway/cache" {
+                    Some(None)
                 } else {
-                    path.strip_prefix("/_gateway/cache/").map(str::to_string)
+                    path.strip_prefix("/_gateway/cache/")
+                        .filter(|rest| !rest.is_empty())
+                        .map(|rest| Some(rest.to_string()))
                 };
-                if let Some(rest) = rest {
-                    return Either::Left(self.endpoints.clone().admin_cache(rest).boxed());
+                match target {
+                    Some(rest) => {
+                        return Either::Left(self.endpoints.clone().admin_cache(rest).boxed())
+                    }
+                    None => Err(GatewayError::NotFound.into()),
                 }
-                Err(GatewayError::NotFound.into())
             }
             _ => Err(GatewayError::NotFound.into()),
         };

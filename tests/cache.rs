@@ -563,9 +563,29 @@ async fn no_cache_skips_the_lookup_and_refreshes_the_entry() {
         .header("cache-control", "no-cache")
         .body(Full::default())
         .unwrap();
+    let key = mixpeek_gateway::cache::CacheKey::detail("ns_search", path.to_string());
+    let stored_before = h
+        .gateway
+        .state
+        .cache
+        .store
+        .get(&key)
+        .await
+        .unwrap()
+        .stored_at;
     let refreshed = h.client.send(request).await;
     assert_eq!(refreshed.header("x-cache"), "MISS");
     assert_eq!(h.sim.count(DETAIL), 2);
+    let stored_after = h
+        .gateway
+        .state
+        .cache
+        .store
+        .get(&key)
+        .await
+        .unwrap()
+        .stored_at;
+    assert!(stored_after > stored_before, "the entry was refreshed");
     let after = h.client.get(path, SEARCH_KEY).await;
     assert_eq!(after.header("x-cache"), "HIT");
     assert_eq!(after.body, refreshed.body);
@@ -668,6 +688,15 @@ async fn admin_api_needs_the_admin_key_and_drops_entries() {
     assert_eq!(
         h.client.get(path, SEARCH_KEY).await.header("x-cache"),
         "MISS"
+    );
+    // A trailing slash names no entry: 404, not "everything".
+    h.client.get(path, SEARCH_KEY).await;
+    delete("/_gateway/cache/", Some(admin_key))
+        .await
+        .assert_error(404, "not_found");
+    assert_eq!(
+        h.client.get(path, SEARCH_KEY).await.header("x-cache"),
+        "HIT"
     );
     // Everything.
     assert_eq!(delete("/_gateway/cache", Some(admin_key)).await.status, 200);

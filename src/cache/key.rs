@@ -18,7 +18,7 @@ pub struct CacheKey {
     pub namespace: String,
     /// The canonical path.
     pub path: String,
-    /// Query parameters, decoded, sorted and re-encoded.
+    /// Query parameters, decoded, sorted and re-encoded (lists only).
     pub query: String,
     /// The request body, for list queries.
     pub body: BodyKey,
@@ -37,12 +37,14 @@ pub enum BodyKey {
 }
 
 impl CacheKey {
-    /// The key of an execution detail.
-    pub fn detail(namespace: &str, path: String, raw_query: Option<&str>) -> Self {
+    /// The key of an execution detail: namespace and path. The detail
+    /// routes take no query parameters (`namespace` is the key's own
+    /// field), so the query is not part of it.
+    pub fn detail(namespace: &str, path: String) -> Self {
         Self {
             namespace: namespace.to_string(),
             path,
-            query: canonical_query(raw_query),
+            query: String::new(),
             body: BodyKey::Detail,
         }
     }

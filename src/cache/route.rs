@@ -6,7 +6,7 @@
 //! slash stays inside its segment and can never turn one route into another.
 
 use http::Method;
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Bytes left unencoded in a canonical segment: RFC 3986 unreserved.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -48,42 +48,54 @@ pub fn classify(method: &Method, raw_path: &str) -> Route {
     if *method != Method::GET && !is_mutation {
         return Route::PassThrough;
     }
-    // Everything cached lives under /v1/retrievers; cheap early exit.
-    if !(raw_path.starts_with("/v1/retrievers") || raw_path == "/v1" || raw_path == "/v1/") {
+    // Everything cached lives under /v1/retrievers/; cheap early exit.
+    if !raw_path.starts_with("/v1/retrievers/") {
         return Route::PassThrough;
     }
-    let segments: Vec<String> = raw_path
-        .split('/')
-        .skip(1)
-        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
-        .collect();
-    let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let segments = decode_segments(raw_path);
+    let s: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
     let shape = match s.as_slice() {
-        ["v1", "retrievers", "executions", "list"] => Shape::List,
-        ["v1", "retrievers", _, "executions", "list"] => Shape::List,
-        ["v1", "retrievers", "executions", id] if !id.is_empty() => Shape::Detail,
-        ["v1", "retrievers", rid, "executions", id] if !rid.is_empty() && !id.is_empty() => {
+        [b"v1", b"retrievers", b"executions", b"list"] => Shape::List,
+        [b"v1", b"retrievers", _, b"executions", b"list"] => Shape::List,
+        [b"v1", b"retrievers", b"executions", id] if !id.is_empty() => Shape::Detail,
+        [b"v1", b"retrievers", rid, b"executions", id] if !rid.is_empty() && !id.is_empty() => {
             Shape::Detail
         }
-        // Running a retriever creates new executions; it never changes one.
-        ["v1", "retrievers", "execute"] | ["v1", "retrievers", _, "execute"] => Shape::Other,
-        // Paths at or above cached entries.
-        ["v1"] | ["v1", ""] | ["v1", "retrievers"] | ["v1", "retrievers", ""] => Shape::Above,
-        ["v1", "retrievers", x] | ["v1", "retrievers", x, "executions"] if !x.is_empty() => {
-            Shape::Above
+        // Below a detail: nothing is cached there, but the detail itself
+        // is "at or above" it.
+        [b"v1", b"retrievers", b"executions", id, _, ..] if !id.is_empty() => Shape::BelowDetail(4),
+        [b"v1", b"retrievers", rid, b"executions", id, _, ..]
+            if !rid.is_empty() && !id.is_empty() =>
+        {
+            Shape::BelowDetail(5)
+        }
+        // A retriever (or its execution collection) as a whole.
+        [b"v1", b"retrievers", x] | [b"v1", b"retrievers", x, b"executions"]
+            if !x.is_empty() && *x != b"execute" =>
+        {
+            Shape::Parent
         }
         _ => Shape::Other,
     };
-    let canonical = || canonical_path(&segments);
-    match (shape, method) {
-        (Shape::Detail, &Method::GET) => Route::Detail { path: canonical() },
-        (Shape::List, &Method::POST) => Route::List { path: canonical() },
-        (Shape::Detail, _) if is_mutation => Route::Invalidate {
-            path: canonical(),
+    match shape {
+        Shape::Detail if *method == Method::GET => Route::Detail {
+            path: canonical_path(&segments),
+        },
+        Shape::List if *method == Method::POST => Route::List {
+            path: canonical_path(&segments),
+        },
+        Shape::Detail if is_mutation => Route::Invalidate {
+            path: canonical_path(&segments),
             exact_detail: true,
         },
-        (Shape::Above, _) if is_mutation => Route::Invalidate {
-            path: canonical().trim_end_matches('/').to_string(),
+        Shape::BelowDetail(depth) if is_mutation => Route::Invalidate {
+            path: canonical_path(&segments[..depth]),
+            exact_detail: true,
+        },
+        // Deleting a retriever may take its executions with it; updating
+        // it does not change executions that already ran.
+        Shape::Parent if *method == Method::DELETE => Route::Invalidate {
+            path: canonical_path(&segments),
             exact_detail: false,
         },
         _ => Route::PassThrough,
@@ -94,28 +106,35 @@ pub fn classify(method: &Method, raw_path: &str) -> Route {
 enum Shape {
     Detail,
     List,
-    Above,
+    /// A path below a detail; the number of segments of that detail.
+    BelowDetail(usize),
+    Parent,
     Other,
 }
 
+/// The path's segments after the leading `/`, percent-decoded to bytes
+/// (not to UTF-8: `%FF` and `%FE` must stay different).
+fn decode_segments(raw_path: &str) -> Vec<Vec<u8>> {
+    raw_path
+        .split('/')
+        .skip(1)
+        .map(|s| percent_decode_str(s).collect())
+        .collect()
+}
+
 /// Joins decoded segments, each re-encoded the one canonical way.
-fn canonical_path(segments: &[String]) -> String {
+fn canonical_path(segments: &[Vec<u8>]) -> String {
     let mut out = String::with_capacity(64);
     for segment in segments {
         out.push('/');
-        out.extend(utf8_percent_encode(segment, SEGMENT));
+        out.extend(percent_encode(segment, SEGMENT));
     }
     out
 }
 
 /// Canonicalises any raw path (for the admin API's single-entry form).
 pub fn canonicalize(raw_path: &str) -> String {
-    let segments: Vec<String> = raw_path
-        .split('/')
-        .skip(1)
-        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
-        .collect();
-    canonical_path(&segments)
+    canonical_path(&decode_segments(raw_path))
 }
 
 /// True when `path` is `prefix` or lies below it.
@@ -171,9 +190,21 @@ mod tests {
             (Method::POST, "/v1/retrievers/ret_9/execute"),
             (Method::POST, "/v1/collections"),
             (Method::GET, "/v1/retrievers"),
+            // Creating or updating a retriever leaves past executions alone.
+            (Method::POST, "/v1/retrievers"),
+            (Method::POST, "/v1/retrievers/"),
+            (Method::PATCH, "/v1/retrievers/ret_9"),
         ] {
             assert_eq!(classify(&m, p), Route::PassThrough, "{m} {p}");
         }
+    }
+
+    #[test]
+    fn invalid_utf8_ids_stay_distinct() {
+        assert_ne!(
+            classify(&Method::GET, "/v1/retrievers/executions/%FF"),
+            classify(&Method::GET, "/v1/retrievers/executions/%FE")
+        );
     }
 
     #[test]
@@ -205,10 +236,20 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(&Method::POST, "/v1/retrievers/"),
+            classify(&Method::POST, "/v1/retrievers/executions/exec_1/labels"),
             Route::Invalidate {
-                path: "/v1/retrievers".into(),
-                exact_detail: false
+                path: "/v1/retrievers/executions/exec_1".into(),
+                exact_detail: true
+            }
+        );
+        assert_eq!(
+            classify(
+                &Method::DELETE,
+                "/v1/retrievers/ret_9/executions/exec_1/x/y"
+            ),
+            Route::Invalidate {
+                path: "/v1/retrievers/ret_9/executions/exec_1".into(),
+                exact_detail: true
             }
         );
         assert!(is_at_or_below(

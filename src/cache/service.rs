@@ -20,10 +20,11 @@
 //! the request that started the flight; the waiters then call upstream on
 //! their own.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -72,14 +73,34 @@ struct SharedResponse {
     body: Bytes,
 }
 
+/// Response headers that belong to the request that made the call, not to
+/// the others sharing its answer.
+const PER_REQUEST_RESPONSE_HEADERS: [&str; 2] = ["x-request-id", "set-cookie"];
+
+/// Request headers that would make the answer depend on the one request
+/// that happens to lead a flight: conditionals, ranges, compression.
+const PER_REQUEST_REQUEST_HEADERS: [header::HeaderName; 7] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::ACCEPT_ENCODING,
+];
+
 impl SharedResponse {
     fn to_response(&self, cache_status: CacheStatus) -> Response<Body> {
         let mut response = Response::new(body::full(self.body.clone()));
         *response.status_mut() = self.status;
-        *response.headers_mut() = self.headers.clone();
-        response
-            .headers_mut()
-            .insert(X_CACHE.clone(), cache_status.header_value());
+        let headers = response.headers_mut();
+        *headers = self.headers.clone();
+        if cache_status != CacheStatus::Miss {
+            for name in PER_REQUEST_RESPONSE_HEADERS {
+                headers.remove(name);
+            }
+        }
+        headers.insert(X_CACHE.clone(), cache_status.header_value());
         response
     }
 }
@@ -104,6 +125,42 @@ pub struct CacheState {
     list_ttl: Duration,
     timeout: Duration,
     share_limit: AtomicUsize,
+    generations: Generations,
+}
+
+/// Invalidation generations: a flight records its namespace's generation
+/// when it starts and stores its answer only if no invalidation happened
+/// meanwhile, so a read racing a DELETE cannot put back what was dropped.
+#[derive(Debug, Default)]
+struct Generations {
+    all: AtomicU64,
+    namespaces: Mutex<HashMap<String, u64>>,
+}
+
+impl Generations {
+    fn current(&self, namespace: &str) -> (u64, u64) {
+        let namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (
+            self.all.load(Ordering::Acquire),
+            namespaces.get(namespace).copied().unwrap_or(0),
+        )
+    }
+
+    fn bump(&self, namespace: &str) {
+        // Namespaces are the clients' allowed ones: a bounded set.
+        let mut namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *namespaces.entry(namespace.to_string()).or_default() += 1;
+    }
+
+    fn bump_all(&self) {
+        self.all.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl CacheState {
@@ -124,6 +181,7 @@ impl CacheState {
             list_ttl,
             timeout: config.upstream.timeout,
             share_limit: AtomicUsize::new(SHARE_LIMIT),
+            generations: Generations::default(),
         })
     }
 
@@ -145,7 +203,22 @@ impl CacheState {
         }
     }
 
+    /// Drops the whole cache (admin API).
+    pub fn clear(&self) {
+        self.generations.bump_all();
+        self.store.clear();
+    }
+
+    /// Drops one execution detail (admin API); true when it was cached.
+    pub async fn drop_detail(&self, namespace: &str, path: &str) -> bool {
+        self.generations.bump(namespace);
+        self.store
+            .remove(&CacheKey::detail(namespace, path.to_string()))
+            .await
+    }
+
     async fn invalidate(&self, namespace: &str, path: &str, exact_detail: bool) {
+        self.generations.bump(namespace);
         if exact_detail {
             self.store.invalidate_exact(namespace, path).await;
         } else {
@@ -245,7 +318,7 @@ async fn detail<B>(
     request: Request<B>,
     path: String,
 ) -> Result<Response<Body>, BoxError> {
-    let key = CacheKey::detail(&namespace_of(&request)?, path, request.uri().query());
+    let key = CacheKey::detail(&namespace_of(&request)?, path);
     if !policy::request_skips_lookup(request.headers()) {
         if let Some(entry) = state.store.get(&key).await {
             bump(&state.metrics.hits);
@@ -321,10 +394,19 @@ fn send(
     Box::pin(inner.oneshot(request))
 }
 
-/// The request a flight (or a lone retry) sends: the client's head with a
-/// buffered body whose length hyper sets itself.
+/// The request a flight (or a lone retry) sends: the client's head without
+/// the headers that would make the answer specific to it (the answer is
+/// shared and stored, and its `status` must be readable, so uncompressed),
+/// with a buffered body whose length hyper sets itself.
 fn upstream_request(mut parts: Parts, body: Bytes) -> Request<Body> {
     parts.headers.remove(header::CONTENT_LENGTH);
+    for name in PER_REQUEST_REQUEST_HEADERS {
+        parts.headers.remove(name);
+    }
+    parts.headers.insert(
+        header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static("identity"),
+    );
     Request::from_parts(parts, body::full(body))
 }
 
@@ -342,7 +424,6 @@ async fn coalesce(
     };
     match state.flights.join(&key) {
         Joined::Waiter(waiter) => {
-            bump(&state.metrics.coalesced);
             let outcome = tokio::time::timeout(state.timeout, waiter.wait())
                 .await
                 .map_err(|_| GatewayError::GatewayTimeout)?;
@@ -368,12 +449,13 @@ async fn coalesce(
             let outcome = leader.waiter();
             let (handoff, handed_off) = oneshot::channel();
             let request = upstream_request(parts, body);
+            let generation = state.generations.current(&key.namespace);
             let flight_state = state.clone();
             // Its own task: nothing this request does (or its client's
             // disconnect) can cancel the call the others are waiting for.
             tokio::spawn(async move {
                 flight_state.metrics.upstream_call(class);
-                let result = fly(&flight_state, inner, request, kind, key).await;
+                let result = fly(&flight_state, inner, request, kind, key, generation).await;
                 let outcome = match result {
                     Fetched::Shared(response) => Outcome::Shared(response),
                     Fetched::Failed(error) => Outcome::Failed(error),
@@ -412,6 +494,7 @@ async fn fly(
     request: Request<Body>,
     kind: Kind,
     key: CacheKey,
+    generation: (u64, u64),
 ) -> Fetched {
     let fetched = tokio::time::timeout(state.timeout, async {
         let response = send(inner, request).await?;
@@ -424,12 +507,18 @@ async fn fly(
         Ok(Ok(Buffered::TooLarge(response))) => return Fetched::TooLarge(response),
         Ok(Ok(Buffered::Whole(parts, bytes))) => (parts, bytes),
     };
-    if state.storable(kind, parts.status, &bytes) {
+    let unchanged = state.generations.current(&key.namespace) == generation;
+    if state.storable(kind, parts.status, &bytes) && unchanged {
         let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
         state
             .store
             .insert(key, Entry::new(parts.status, content_type, bytes.clone()))
             .await;
+    } else if kind == Kind::Detail
+        && matches!(parts.status, StatusCode::NOT_FOUND | StatusCode::GONE)
+    {
+        // A refresh (no-cache) learned the execution is gone.
+        state.store.remove(&key).await;
     }
     Fetched::Shared(Arc::new(SharedResponse {
         status: parts.status,
@@ -512,6 +601,45 @@ mod tests {
         Response::new(body::boxed(StreamBody::new(futures_util::stream::iter(
             frames,
         ))))
+    }
+
+    #[test]
+    fn waiters_do_not_get_the_leaders_per_request_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", "leader-id".parse().unwrap());
+        headers.insert("set-cookie", "a=b".parse().unwrap());
+        headers.insert("content-type", "application/json".parse().unwrap());
+        let shared = SharedResponse {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::new(),
+        };
+        let waiter = shared.to_response(CacheStatus::Coalesced);
+        assert!(waiter.headers().get("x-request-id").is_none());
+        assert!(waiter.headers().get("set-cookie").is_none());
+        assert_eq!(waiter.headers()["content-type"], "application/json");
+        assert_eq!(waiter.headers()["x-cache"], "COALESCED");
+        let leader = shared.to_response(CacheStatus::Miss);
+        assert_eq!(leader.headers()["x-request-id"], "leader-id");
+    }
+
+    #[test]
+    fn flight_requests_are_not_conditional_ranged_or_compressed() {
+        let (parts, ()) = Request::get("/v1/retrievers/executions/e")
+            .header("range", "bytes=0-9")
+            .header("if-none-match", "\"x\"")
+            .header("accept-encoding", "gzip, br")
+            .header("content-length", "3")
+            .header("x-keep", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let request = upstream_request(parts, Bytes::new());
+        let h = request.headers();
+        assert!(h.get("range").is_none() && h.get("if-none-match").is_none());
+        assert!(h.get("content-length").is_none());
+        assert_eq!(h["accept-encoding"], "identity");
+        assert_eq!(h["x-keep"], "1");
     }
 
     #[tokio::test]

@@ -158,6 +158,10 @@ impl Store {
     }
 
     /// Drops the entries of `namespace` at and below `path`.
+    ///
+    /// moka applies such a predicate lazily and checks it on every read
+    /// until a maintenance pass has scanned all entries, so routes use it
+    /// only for the rare `DELETE` of a whole retriever.
     pub fn invalidate_below(&self, namespace: &str, path: &str) {
         let namespace = namespace.to_string();
         let path = path.to_string();
@@ -168,17 +172,11 @@ impl Store {
         });
     }
 
-    /// Drops the execution detail entries of `namespace` at `path` (any query).
+    /// Drops the execution detail of `namespace` at `path`: one key, no scan.
     pub async fn invalidate_exact(&self, namespace: &str, path: &str) {
-        // The common case — no query — without a scan.
         self.cache
-            .invalidate(&CacheKey::detail(namespace, path.to_string(), None))
+            .invalidate(&CacheKey::detail(namespace, path.to_string()))
             .await;
-        let namespace = namespace.to_string();
-        let path = path.to_string();
-        let _ = self.cache.invalidate_entries_if(move |key, _| {
-            key.namespace == namespace && key.path == path && !key.query.is_empty()
-        });
     }
 
     /// Drops everything.
@@ -212,7 +210,7 @@ mod tests {
     use super::*;
 
     fn key(ns: &str, path: &str) -> CacheKey {
-        CacheKey::detail(ns, path.into(), None)
+        CacheKey::detail(ns, path.into())
     }
 
     fn entry(len: usize) -> Entry {

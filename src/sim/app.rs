@@ -43,6 +43,11 @@ impl Sim {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let (parts, body) = request.into_parts();
+        // The simulator's own introspection, for benchmark scripts that run
+        // it as a separate process; not part of the simulated API, not counted.
+        if parts.method == http::Method::GET && parts.uri.path() == "/_sim/stats" {
+            return respond::json(http::StatusCode::OK, &self.state.stats());
+        }
         let route = Route::classify(&parts.method, parts.uri.path());
         self.state.count_request(route.class());
 

@@ -23,6 +23,10 @@
 //! `X-Namespace` header, else `?namespace=`, else `default`, and every body
 //! differs per namespace.
 //!
+//! `GET /_sim/stats` (no key needed, not counted) returns the per-route
+//! counters as JSON, for benchmark scripts that run the simulator as its own
+//! process (`mixpeek-gateway sim`).
+//!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
 //! use mixpeek_gateway::sim::{self, SimConfig};

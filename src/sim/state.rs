@@ -82,6 +82,15 @@ impl SimState {
             .map_or(0, |i| self.counts[i].load(Ordering::Relaxed))
     }
 
+    /// Every counter as JSON, for `GET /_sim/stats`.
+    pub(crate) fn stats(&self) -> serde_json::Value {
+        let mut counts = serde_json::Map::new();
+        for (key, counter) in ROUTE_KEYS.iter().zip(&self.counts) {
+            counts.insert((*key).to_string(), counter.load(Ordering::Relaxed).into());
+        }
+        serde_json::json!({ "total": self.total(), "counts": counts })
+    }
+
     /// All requests seen.
     pub(crate) fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
