@@ -12,7 +12,6 @@ use tower::filter::FilterLayer;
 use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::MakeRequestUuid;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::ServiceBuilderExt;
 use tracing::Level;
@@ -25,6 +24,7 @@ use crate::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
 use crate::error;
 use crate::guard::RequestGuard;
 use crate::namespace::ResolveNamespace;
+use crate::request_id::MakeRequestIds;
 use crate::upstream::Upstream;
 
 /// Everything the stack is built from, created once at startup.
@@ -77,10 +77,14 @@ where
         // Keys must not reach logs even if a layer below prints headers.
         .sensitive_request_headers(Arc::new([header::AUTHORIZATION]))
         // Correlates the gateway's log line with the client and upstream.
-        .set_x_request_id(MakeRequestUuid)
+        .set_x_request_id(MakeRequestIds::new())
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<B>| {
+                    // Building the span's fields costs even when nothing logs.
+                    if !tracing::enabled!(Level::INFO) {
+                        return tracing::Span::none();
+                    }
                     let id = request
                         .headers()
                         .get("x-request-id")

@@ -44,9 +44,12 @@ struct Target {
 }
 
 /// The service that forwards a request to the Mixpeek API.
+///
+/// Cheap to clone (one reference count): hyper clones the whole stack for
+/// every request.
 #[derive(Clone)]
 pub struct Upstream {
-    client: HttpClient,
+    client: Arc<HttpClient>,
     target: Arc<Target>,
 }
 
@@ -89,7 +92,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
         Ok(Self {
-            client,
+            client: Arc::new(client),
             target: Arc::new(Target {
                 scheme,
                 authority,

@@ -5,6 +5,8 @@
 //! one fixed way, so `exec%5F1` and `exec_1` are one entry while an encoded
 //! slash stays inside its segment and can never turn one route into another.
 
+use std::borrow::Cow;
+
 use http::Method;
 use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -53,7 +55,7 @@ pub fn classify(method: &Method, raw_path: &str) -> Route {
         return Route::PassThrough;
     }
     let segments = decode_segments(raw_path);
-    let s: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
+    let s: Vec<&[u8]> = segments.iter().map(|c| c.as_ref()).collect();
     let shape = match s.as_slice() {
         [b"v1", b"retrievers", b"executions", b"list"] => Shape::List,
         [b"v1", b"retrievers", _, b"executions", b"list"] => Shape::List,
@@ -113,17 +115,18 @@ enum Shape {
 }
 
 /// The path's segments after the leading `/`, percent-decoded to bytes
-/// (not to UTF-8: `%FF` and `%FE` must stay different).
-fn decode_segments(raw_path: &str) -> Vec<Vec<u8>> {
+/// (not to UTF-8: `%FF` and `%FE` must stay different); borrowed when a
+/// segment has nothing to decode.
+fn decode_segments(raw_path: &str) -> Vec<Cow<'_, [u8]>> {
     raw_path
         .split('/')
         .skip(1)
-        .map(|s| percent_decode_str(s).collect())
+        .map(|s| percent_decode_str(s).into())
         .collect()
 }
 
 /// Joins decoded segments, each re-encoded the one canonical way.
-fn canonical_path(segments: &[Vec<u8>]) -> String {
+fn canonical_path(segments: &[Cow<'_, [u8]>]) -> String {
     let mut out = String::with_capacity(64);
     for segment in segments {
         out.push('/');

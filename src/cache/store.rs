@@ -18,6 +18,7 @@ use super::key::{BodyKey, CacheKey};
 use super::route::is_at_or_below;
 use crate::body::{self, Body};
 use crate::cache_status::{CacheStatus, X_CACHE};
+use crate::clock;
 
 /// Fixed per-entry overhead counted by the weigher (moka's own node,
 /// pointers, the `Entry` struct).
@@ -32,8 +33,10 @@ pub struct Entry {
     pub content_type: Option<HeaderValue>,
     /// The body; shared, never copied on a hit.
     pub body: Bytes,
-    /// When it was stored, for `Age`.
+    /// When it was stored.
     pub stored_at: Instant,
+    /// When it was stored on the coarse clock, for `Age` on the hot path.
+    stored_secs: u64,
 }
 
 impl Entry {
@@ -44,6 +47,7 @@ impl Entry {
             content_type,
             body,
             stored_at: Instant::now(),
+            stored_secs: clock::now_secs(),
         }
     }
 
@@ -56,10 +60,8 @@ impl Entry {
             headers.insert(header::CONTENT_TYPE, content_type.clone());
         }
         headers.insert(X_CACHE.clone(), CacheStatus::Hit.header_value());
-        headers.insert(
-            header::AGE,
-            HeaderValue::from(self.stored_at.elapsed().as_secs()),
-        );
+        let age = clock::now_secs().saturating_sub(self.stored_secs);
+        headers.insert(header::AGE, clock::age_header(age));
         response
     }
 

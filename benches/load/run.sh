@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# Load benchmarks of mixpeek-gateway against a bare hyper server (the
+# ceiling), nginx proxy_cache and Varnish on this machine, 127.0.0.1 only.
+#
+#   benches/load/run.sh [throughput|coalesce|memory|all]     (default: all)
+#
+# Environment: ROUNDS (3), DURATION (10s), CONNS ("64 256"), INSTALL (1: may
+# apt-get install wrk nginx varnish when missing and running as root),
+# BASE_PORT (19000). Every process it starts is stopped on exit. Results are
+# printed as tables; copy them into benches/RESULTS.md.
+set -euo pipefail
+
+MODE=${1:-all}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-"64 256"}
+INSTALL=${INSTALL:-1}
+BASE_PORT=${BASE_PORT:-19000}
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d /tmp/mixpeek-bench.XXXXXX)
+REAL_KEY=sk_bench_real_key
+CLIENT_KEY=gw_bench_client_key
+NS=ns_bench
+BIN="$ROOT/target/release/mixpeek-gateway"
+STATIC="$ROOT/target/release/examples/static_server"
+LOADGEN="$ROOT/target/release/examples/loadgen"
+PIDS=()
+
+port() { echo $((BASE_PORT + $1)); }
+SIM=$(port 1); GW=$(port 2); CEIL=$(port 3); NGX1=$(port 4); NGXA=$(port 5); VARN=$(port 6)
+SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX_SLOW=$(port 9); GW_MEM=$(port 10)
+
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  for conf in "$WORK"/nginx-*.conf; do
+    [ -f "$conf" ] && nginx -c "$conf" -p "$WORK" -s quit 2>/dev/null || true
+  done
+  [ -f "$WORK/varnish.pid" ] && kill "$(cat "$WORK/varnish.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say() { printf '\n== %s\n' "$*"; }
+
+wait_port() { # port
+  for _ in $(seq 1 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listening on $1" >&2; return 1
+}
+
+ensure_tools() {
+  local missing=()
+  for tool in wrk nginx varnishd; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  if [ ${#missing[@]} -gt 0 ] && [ "$INSTALL" = 1 ] && [ "$(id -u)" = 0 ]; then
+    say "installing wrk nginx varnish with apt-get (INSTALL=0 to skip)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nginx varnish >/dev/null
+    # The packages start system services on their default ports: not ours.
+    systemctl stop nginx varnish 2>/dev/null || pkill -x nginx 2>/dev/null || true
+    pkill -x varnishd 2>/dev/null || true
+  fi
+  command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
+  HAVE_NGINX=0; command -v nginx >/dev/null && HAVE_NGINX=1
+  HAVE_VARNISH=0; command -v varnishd >/dev/null && HAVE_VARNISH=1
+}
+
+build() {
+  say "building (release)"
+  (cd "$ROOT" && cargo build --release --quiet --bin mixpeek-gateway --example static_server --example loadgen)
+}
+
+start_sim() { # port latency_ms
+  MIXPEEK_API_KEY=$REAL_KEY "$BIN" sim --listen 127.0.0.1:"$1" --latency-ms "$2" >/dev/null 2>&1 &
+  PIDS+=($!); wait_port "$1"
+}
+
+start_gateway() { # port upstream_port max_bytes -> sets GW_PID
+  local digest; digest=$(printf %s "$CLIENT_KEY" | sha256sum | cut -d' ' -f1)
+  cat > "$WORK/gateway-$1.toml" <<EOF
+[server]
+listen = "127.0.0.1:$1"
+[upstream]
+base_url = "http://127.0.0.1:$2"
+api_key_env = "BENCH_MIXPEEK_API_KEY"
+timeout_ms = 30000
+[[clients]]
+name = "bench"
+key_sha256 = "$digest"
+namespace = "$NS"
+[cache]
+max_bytes = $3
+EOF
+  # Request logs off (warn), as nginx runs with access_log off.
+  BENCH_MIXPEEK_API_KEY=$REAL_KEY RUST_LOG=warn "$BIN" serve --config "$WORK/gateway-$1.toml" >/dev/null 2>&1 &
+  GW_PID=$!; PIDS+=($GW_PID); wait_port "$1"
+}
+
+start_nginx() { # name port upstream_port workers
+  local user=""; [ "$(id -u)" = 0 ] && user="user root;"
+  mkdir -p "$WORK/cache-$1"
+  cat > "$WORK/nginx-$1.conf" <<EOF
+$user
+worker_processes $4;
+pid $WORK/nginx-$1.pid;
+error_log $WORK/nginx-$1.err warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  proxy_cache_path $WORK/cache-$1 keys_zone=c_$1:64m max_size=2g inactive=1d use_temp_path=off;
+  upstream sim_$1 { server 127.0.0.1:$3; keepalive 128; }
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      proxy_pass http://sim_$1;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer $REAL_KEY";
+      proxy_set_header X-Namespace $NS;
+      proxy_cache c_$1;
+      proxy_cache_key "$NS|\$request_method|\$request_uri";
+      proxy_cache_valid 200 1d;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 30s;
+      add_header X-Cache \$upstream_cache_status;
+    }
+  }
+}
+EOF
+  nginx -c "$WORK/nginx-$1.conf" -p "$WORK" && wait_port "$2"
+}
+
+start_varnish() { # port upstream_port
+  cat > "$WORK/default.vcl" <<EOF
+vcl 4.1;
+backend sim { .host = "127.0.0.1"; .port = "$2"; }
+sub vcl_recv {
+  set req.http.Authorization = "Bearer $REAL_KEY";
+  set req.http.X-Namespace = "$NS";
+  if (req.method != "GET" && req.method != "HEAD") { return (pass); }
+  return (hash);
+}
+sub vcl_backend_response { set beresp.ttl = 1d; }
+EOF
+  varnishd -j none -a 127.0.0.1:"$1" -f "$WORK/default.vcl" -n "$WORK/varnish" \
+    -s malloc,256m -P "$WORK/varnish.pid" >/dev/null 2>&1 && wait_port "$1"
+}
+
+# wrk: prints "rps p50_us p99_us"
+run_wrk() { # conns url [extra wrk args...]
+  local conns=$1 url=$2; shift 2
+  local threads=2; [ "$conns" -lt 2 ] && threads=1
+  wrk -t"$threads" -c"$conns" -d"$DURATION" --latency "$@" "$url" 2>/dev/null | awk '
+    function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v+0 }
+    /Requests\/sec/ { rps=$2 }
+    $1=="50%" { p50=us($2) }
+    $1=="99%" { p99=us($2) }
+    END { printf "%s %s %s\n", rps, p50, p99 }'
+}
+
+throughput() {
+  say "throughput: hits and pass-through misses, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
+  start_sim "$SIM" 0
+  start_gateway "$GW" "$SIM" 268435456
+  local detail="/v1/retrievers/executions/exec_bench"
+  curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM$detail" > "$WORK/body.json"
+  "$STATIC" 127.0.0.1:"$CEIL" "$WORK/body.json" >/dev/null & PIDS+=($!); wait_port "$CEIL"
+  local targets=("ceiling|http://127.0.0.1:$CEIL$detail|" "gateway|http://127.0.0.1:$GW$detail|auth")
+  if [ "$HAVE_NGINX" = 1 ]; then
+    start_nginx w1 "$NGX1" "$SIM" 1; start_nginx auto "$NGXA" "$SIM" auto
+    targets+=("nginx-1w|http://127.0.0.1:$NGX1$detail|" "nginx-auto|http://127.0.0.1:$NGXA$detail|")
+  fi
+  if [ "$HAVE_VARNISH" = 1 ]; then
+    start_varnish "$VARN" "$SIM"; targets+=("varnish|http://127.0.0.1:$VARN$detail|")
+  fi
+  local miss="/v1/collections/col_bench/documents"
+  targets+=("sim-direct(miss)|http://127.0.0.1:$SIM$miss|real" "gateway(miss)|http://127.0.0.1:$GW$miss|auth")
+  # Warm every cache.
+  for t in "${targets[@]}"; do
+    IFS='|' read -r _ url auth <<<"$t"
+    for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "$url"; done
+  done
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$GW$detail")" = 200 ]
+  : > "$WORK/throughput.txt"
+  for round in $(seq 1 "$ROUNDS"); do
+    for conns in $CONNS 1; do
+      for t in "${targets[@]}"; do
+        IFS='|' read -r name url auth <<<"$t"
+        local header=()
+        case "$auth" in
+          auth) header=(-H "Authorization: Bearer $CLIENT_KEY") ;;
+          real) header=(-H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS") ;;
+        esac
+        echo "$name $conns $(run_wrk "$conns" "$url" "${header[@]}")" | tee -a "$WORK/throughput.txt"
+      done
+    done
+    echo "   (round $round done)"
+  done
+  python3 - "$WORK/throughput.txt" <<'PY'
+import sys, statistics as st, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, conns, rps, p50, p99 = line.split()
+    rows[(int(conns), name)].append((float(rps), float(p50), float(p99)))
+for conns in sorted({c for c, _ in rows}, reverse=True):
+    print(f"\n{conns} connections (median of rounds)")
+    print(f"| target | req/s | p50 µs | p99 µs | × ceiling | × nginx-auto |")
+    print(f"| --- | ---: | ---: | ---: | ---: | ---: |")
+    med = {n: tuple(st.median(x[i] for x in v) for i in range(3)) for (c, n), v in rows.items() if c == conns}
+    ceil = med.get("ceiling", (0,))[0]; ngx = med.get("nginx-auto", (0,))[0]
+    for name, (rps, p50, p99) in med.items():
+        rc = f"{rps/ceil:.2f}" if ceil else "-"; rn = f"{rps/ngx:.2f}" if ngx else "-"
+        print(f"| {name} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {rc} | {rn} |")
+    if "gateway(miss)" in med and "sim-direct(miss)" in med:
+        print(f"\npass-through added to the median at {conns} connections: "
+              f"{med['gateway(miss)'][1] - med['sim-direct(miss)'][1]:.0f} µs")
+PY
+}
+
+sim_count() { # port route-key
+  curl -s "http://127.0.0.1:$1/_sim/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['counts']['$2'])"
+}
+
+coalesce() {
+  say "coalescing: 100 concurrent identical requests, upstream latency 200 ms"
+  start_sim "$SIM_SLOW" 200
+  start_gateway "$GW_SLOW" "$SIM_SLOW" 268435456
+  local targets=("gateway|$GW_SLOW")
+  [ "$HAVE_NGINX" = 1 ] && { start_nginx slow "$NGX_SLOW" "$SIM_SLOW" auto; targets+=("nginx-lock|$NGX_SLOW"); }
+  echo "| target | request | upstream calls | statuses | waiter p50 ms | p99 ms | max ms |"
+  echo "| --- | --- | ---: | --- | ---: | ---: | ---: |"
+  for t in "${targets[@]}"; do
+    IFS='|' read -r name port <<<"$t"
+    for trial in 1 2 3; do
+      local route="GET /v1/retrievers/executions/{id}"
+      local before; before=$(sim_count "$SIM_SLOW" "$route")
+      local out; out=$("$LOADGEN" burst "http://127.0.0.1:$port/v1/retrievers/executions/exec_${name}_$trial" 100 "$CLIENT_KEY")
+      local after; after=$(sim_count "$SIM_SLOW" "$route")
+      echo "$out" | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| $name | detail #$trial | $((after-before)) | {d['statuses']} | {d['p50_ms']} | {d['p99_ms']} | {d['max_ms']} |\")"
+    done
+    local route="POST /v1/retrievers/executions/list"
+    local before; before=$(sim_count "$SIM_SLOW" "$route")
+    local out; out=$("$LOADGEN" burst "http://127.0.0.1:$port/v1/retrievers/executions/list?limit=5" 100 "$CLIENT_KEY" '{"status":"completed"}')
+    local after; after=$(sim_count "$SIM_SLOW" "$route")
+    echo "$out" | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| $name | list | $((after-before)) | {d['statuses']} | {d['p50_ms']} | {d['p99_ms']} | {d['max_ms']} |\")"
+  done
+}
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+memory() {
+  local count=${MEM_COUNT:-100000}
+  say "memory: resident set after caching $count distinct execution details"
+  start_sim "$SIM" 0
+  start_gateway "$GW_MEM" "$SIM" 4294967295
+  local idle; idle=$(rss_kb "$GW_PID")
+  local fill; fill=$("$LOADGEN" fill "http://127.0.0.1:$GW_MEM" "$count" 64 "$CLIENT_KEY")
+  local bytes; bytes=$(echo "$fill" | python3 -c "import json,sys; print(json.load(sys.stdin)['body_bytes'])")
+  local full; full=$(rss_kb "$GW_PID")
+  kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+  local quarter=$((bytes / 4))
+  start_gateway "$GW_MEM" "$SIM" "$quarter"
+  "$LOADGEN" fill "http://127.0.0.1:$GW_MEM" "$count" 64 "$CLIENT_KEY" >/dev/null
+  local bounded; bounded=$(rss_kb "$GW_PID")
+  python3 - "$idle" "$full" "$bounded" "$bytes" "$quarter" "$count" <<'PY'
+import sys
+idle, full, bounded, stored, quarter, count = map(int, sys.argv[1:])
+mb = lambda kb: kb / 1024
+print(f"| measure | value |\n| --- | ---: |")
+print(f"| details cached | {count:,} |")
+print(f"| body bytes stored | {stored/1048576:.1f} MiB |")
+print(f"| RSS idle | {mb(idle):.1f} MiB |")
+print(f"| RSS after caching all | {mb(full):.1f} MiB |")
+print(f"| target 1.5 × stored + 30 MB | {1.5*stored/1048576 + 30:.1f} MiB |")
+print(f"| RSS with max_bytes = stored/4 ({quarter/1048576:.1f} MiB) after the same fill | {mb(bounded):.1f} MiB |")
+PY
+}
+
+ensure_tools
+build
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%d); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+case "$MODE" in
+  throughput) throughput ;;
+  coalesce) coalesce ;;
+  memory) memory ;;
+  all) throughput; coalesce; memory ;;
+  *) echo "usage: $0 [throughput|coalesce|memory|all]" >&2; exit 2 ;;
+esac
