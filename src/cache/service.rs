@@ -244,6 +244,12 @@ impl CacheLayer {
 /// their own tasks.
 pub type Inner = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
+/// Makes an [`Inner`] on demand. hyper clones the whole stack for every
+/// request; keeping this behind an `Arc` makes that clone a reference count
+/// and leaves the boxing to the requests that actually go upstream — a
+/// cache hit never does.
+type MakeInner = Arc<dyn Fn() -> Inner + Send + Sync>;
+
 impl<S> Layer<S> for CacheLayer
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
@@ -257,17 +263,25 @@ where
 
     fn layer(&self, inner: S) -> Self::Service {
         CacheService {
-            inner: BoxCloneSyncService::new(inner),
+            make_inner: Arc::new(move || BoxCloneSyncService::new(inner.clone())),
             state: self.state.clone(),
         }
     }
 }
 
 /// Serves cached routes from the store and coalesces identical calls.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CacheService {
-    inner: Inner,
+    make_inner: MakeInner,
     state: Arc<CacheState>,
+}
+
+impl std::fmt::Debug for CacheService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheService")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B> Service<Request<B>> for CacheService
@@ -279,8 +293,10 @@ where
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness of the service below is awaited per call (`oneshot`),
+        // only by the requests that reach it.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
@@ -289,13 +305,15 @@ where
             Route::PassThrough => {
                 bump(&state.metrics.bypassed);
                 state.metrics.upstream_call(RouteClass::Passthrough);
-                self.inner.call(request.map(body::boxed))
+                send((self.make_inner)(), request.map(body::boxed))
             }
-            Route::Detail { path } => Box::pin(detail(state, self.inner.clone(), request, path)),
-            Route::List { path } => Box::pin(list(state, self.inner.clone(), request, path)),
+            Route::Detail { path } => {
+                Box::pin(detail(state, self.make_inner.clone(), request, path))
+            }
+            Route::List { path } => Box::pin(list(state, self.make_inner.clone(), request, path)),
             Route::Invalidate { path, exact_detail } => Box::pin(mutation(
                 state,
-                self.inner.clone(),
+                self.make_inner.clone(),
                 request,
                 path,
                 exact_detail,
@@ -314,7 +332,7 @@ fn namespace_of<B>(request: &Request<B>) -> Result<String, GatewayError> {
 
 async fn detail<B>(
     state: Arc<CacheState>,
-    inner: Inner,
+    make_inner: MakeInner,
     request: Request<B>,
     path: String,
 ) -> Result<Response<Body>, BoxError> {
@@ -327,12 +345,12 @@ async fn detail<B>(
     }
     // A GET's body means nothing to these routes; it is not forwarded.
     let (parts, _body) = request.into_parts();
-    coalesce(state, inner, key, parts, Bytes::new(), Kind::Detail).await
+    coalesce(state, make_inner, key, parts, Bytes::new(), Kind::Detail).await
 }
 
 async fn list<B>(
     state: Arc<CacheState>,
-    inner: Inner,
+    make_inner: MakeInner,
     request: Request<B>,
     path: String,
 ) -> Result<Response<Body>, BoxError>
@@ -349,7 +367,7 @@ where
         // Not JSON: the API will answer 422; don't share that guess.
         bump(&state.metrics.bypassed);
         state.metrics.upstream_call(RouteClass::List);
-        return send(inner, upstream_request(parts, bytes)).await;
+        return send(make_inner(), upstream_request(parts, bytes)).await;
     };
     if !state.list_ttl.is_zero() && !policy::request_skips_lookup(&parts.headers) {
         if let Some(entry) = state.store.get(&key).await {
@@ -357,12 +375,12 @@ where
             return Ok(entry.to_response());
         }
     }
-    coalesce(state, inner, key, parts, bytes, Kind::List).await
+    coalesce(state, make_inner, key, parts, bytes, Kind::List).await
 }
 
 async fn mutation<B>(
     state: Arc<CacheState>,
-    inner: Inner,
+    make_inner: MakeInner,
     request: Request<B>,
     path: String,
     exact_detail: bool,
@@ -375,7 +393,7 @@ where
     state.invalidate(&namespace, &path, exact_detail).await;
     bump(&state.metrics.bypassed);
     state.metrics.upstream_call(RouteClass::Passthrough);
-    let response = send(inner, request.map(body::boxed)).await?;
+    let response = send(make_inner(), request.map(body::boxed)).await?;
     // Again once upstream has applied it: a read racing the mutation may
     // have stored the old state meanwhile.
     if response.status().is_success() || response.status().is_redirection() {
@@ -412,7 +430,7 @@ fn upstream_request(mut parts: Parts, body: Bytes) -> Request<Body> {
 
 async fn coalesce(
     state: Arc<CacheState>,
-    inner: Inner,
+    make_inner: MakeInner,
     key: CacheKey,
     parts: Parts,
     body: Bytes,
@@ -433,7 +451,7 @@ async fn coalesce(
                 Some(Outcome::Unshareable) => {
                     bump(&state.metrics.unshareable);
                     state.metrics.upstream_call(class);
-                    let mut response = send(inner, upstream_request(parts, body)).await?;
+                    let mut response = send(make_inner(), upstream_request(parts, body)).await?;
                     response
                         .headers_mut()
                         .insert(X_CACHE.clone(), CacheStatus::Miss.header_value());
@@ -455,7 +473,7 @@ async fn coalesce(
             // disconnect) can cancel the call the others are waiting for.
             tokio::spawn(async move {
                 flight_state.metrics.upstream_call(class);
-                let result = fly(&flight_state, inner, request, kind, key, generation).await;
+                let result = fly(&flight_state, make_inner(), request, kind, key, generation).await;
                 let outcome = match result {
                     Fetched::Shared(response) => Outcome::Shared(response),
                     Fetched::Failed(error) => Outcome::Failed(error),
