@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use crate::body::BoxError;
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
+use crate::observe::RequestContext;
 
 /// The client a request was authenticated as (a request extension).
 #[derive(Clone, Debug)]
@@ -26,14 +27,16 @@ pub struct AuthenticatedClient(pub Arc<ClientConfig>);
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
     clients: Vec<Arc<ClientConfig>>,
+    /// Each client's name as a shared metric and log label.
+    labels: Vec<Arc<str>>,
 }
 
 impl ClientRegistry {
     /// Builds the registry from the configured clients.
     pub fn new(clients: impl IntoIterator<Item = ClientConfig>) -> Self {
-        Self {
-            clients: clients.into_iter().map(Arc::new).collect(),
-        }
+        let clients: Vec<Arc<ClientConfig>> = clients.into_iter().map(Arc::new).collect();
+        let labels = clients.iter().map(|c| Arc::from(c.name.as_str())).collect();
+        Self { clients, labels }
     }
 
     /// The client whose key this is, if any.
@@ -41,14 +44,19 @@ impl ClientRegistry {
     /// Every digest is compared, whatever matched earlier, so the time taken
     /// does not tell how many clients a key was checked against.
     pub fn lookup(&self, key: &[u8]) -> Option<&Arc<ClientConfig>> {
+        self.lookup_labelled(key).map(|(client, _)| client)
+    }
+
+    /// Like [`lookup`](Self::lookup), with the client's label.
+    pub fn lookup_labelled(&self, key: &[u8]) -> Option<(&Arc<ClientConfig>, &Arc<str>)> {
         let digest: [u8; 32] = Sha256::digest(key).into();
         let mut found = None;
-        for client in &self.clients {
+        for (i, client) in self.clients.iter().enumerate() {
             if bool::from(client.key_sha256.ct_eq(&digest)) {
-                found = Some(client);
+                found = Some(i);
             }
         }
-        found
+        found.map(|i| (&self.clients[i], &self.labels[i]))
     }
 
     /// Number of clients.
@@ -98,10 +106,13 @@ impl<B> tower::filter::Predicate<Request<B>> for Authenticate {
         let token = bearer_token(&value).ok_or(GatewayError::Unauthorized(
             "malformed Authorization header: expected 'Bearer <gateway key>'",
         ))?;
-        let client = self
+        let (client, label) = self
             .registry
-            .lookup(token)
+            .lookup_labelled(token)
             .ok_or(GatewayError::Unauthorized("invalid gateway key"))?;
+        if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
+            context.set_client(label);
+        }
         request
             .extensions_mut()
             .insert(AuthenticatedClient(client.clone()));

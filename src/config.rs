@@ -70,6 +70,26 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `[coalesce]`
     pub coalesce: CoalesceConfig,
+    /// `[log]`
+    pub log: LogConfig,
+}
+
+/// `[log]`: how request logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable key=value lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[server]`: where and how the gateway listens.
@@ -191,6 +211,13 @@ struct RawFile {
     clients: Vec<RawClient>,
     cache: RawCache,
     coalesce: RawCoalesce,
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: LogFormat,
 }
 
 #[derive(Deserialize)]
@@ -446,6 +473,9 @@ impl RawFile {
             coalesce: CoalesceConfig {
                 list_ttl: Duration::from_millis(self.coalesce.list_ttl_ms),
             },
+            log: LogConfig {
+                format: self.log.format,
+            },
         })
     }
 }
@@ -669,6 +699,17 @@ mod tests {
         let err = Config::from_toml(&format!("[server]\nlisten = \"nope\"\n{}", minimal()), env)
             .unwrap_err();
         assert_eq!(err.key, "server.listen");
+    }
+
+    #[test]
+    fn log_format() {
+        let text = format!("{}[log]\nformat = \"json\"\n", minimal());
+        assert_eq!(
+            Config::from_toml(&text, env).unwrap().log.format,
+            LogFormat::Json
+        );
+        let bad = format!("{}[log]\nformat = \"xml\"\n", minimal());
+        assert_eq!(Config::from_toml(&bad, env).unwrap_err().key, "log.format");
     }
 
     #[test]

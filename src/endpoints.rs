@@ -25,6 +25,7 @@ use crate::body::{self, Body, BoxError};
 use crate::cache::route::canonicalize;
 use crate::cache::CacheState;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 
 /// The prefix no upstream route may use.
 pub const PREFIX: &str = "/_gateway/";
@@ -65,6 +66,8 @@ pub struct Endpoints {
     pub admin_key_sha256: Option<[u8; 32]>,
     /// The cache the admin API clears.
     pub cache: Arc<CacheState>,
+    /// What `/_gateway/metrics` serves.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Layer for [`GatewayEndpoints`].
@@ -181,6 +184,14 @@ where
             "/_gateway/ready" if is_read && ready => {
                 Ok(json(StatusCode::OK, r#"{"status":"ready"}"#))
             }
+            "/_gateway/metrics" if is_read => {
+                let mut response = Response::new(body::full(self.endpoints.metrics.encode()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                Ok(response)
+            }
             "/_gateway/ready" if is_read => Ok(json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"status":"draining"}"#,
@@ -232,10 +243,12 @@ mod tests {
         });
         let toml = "[[clients]]\nname = \"a\"\nnamespace = \"ns\"\nkey_sha256 = \"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\"\n";
         let config = crate::config::Config::from_toml(toml, |_| Some("k".into())).unwrap();
+        let cache = CacheState::new(&config);
         let endpoints = Endpoints {
             readiness,
             admin_key_sha256: None,
-            cache: CacheState::new(&config),
+            metrics: Arc::new(Metrics::new(cache.clone())),
+            cache,
         };
         GatewayEndpointsLayer::new(endpoints).layer(tower::util::BoxService::new(inner))
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mixpeek_gateway::cli::{Cli, Command};
-use mixpeek_gateway::config::Config;
+use mixpeek_gateway::config::{Config, LogFormat};
 use mixpeek_gateway::{demo, server, sim, stack, telemetry};
 
 /// Exit code for configuration errors, as the interface specifies.
@@ -14,7 +14,6 @@ const CONFIG_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
     // One process-wide provider, chosen explicitly: ring builds with gcc alone.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -31,11 +30,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut cli: Cli) -> ExitCode {
-    match cli.command.take().unwrap_or(Command::Serve) {
+    let command = cli.command.take().unwrap_or(Command::Serve);
+    if !matches!(command, Command::Serve) {
+        telemetry::init(LogFormat::Text);
+    }
+    match command {
         Command::Serve => {
             let Some(config) = load(&cli) else {
                 return ExitCode::from(CONFIG_ERROR);
             };
+            telemetry::init(config.log.format);
             serve(config).await
         }
         Command::CheckConfig => match load(&cli) {

@@ -50,9 +50,54 @@ impl MakeRequestId for MakeRequestIds {
     }
 }
 
+/// Drops a client's `X-Request-Id` unless it is a sane token (1 to 128 of
+/// `A-Z a-z 0-9 - _ . :`), so that a fresh one is generated instead: the
+/// value ends up in logs and upstream requests.
+pub fn keep_if_sane<B>(mut request: Request<B>) -> Request<B> {
+    let headers = request.headers_mut();
+    let mut values = headers.get_all(X_REQUEST_ID).iter();
+    let sane = match (values.next(), values.next()) {
+        (Some(value), None) => is_sane(value.as_bytes()),
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !sane {
+        headers.remove(X_REQUEST_ID);
+    }
+    request
+}
+
+fn is_sane(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// The `X-Request-Id` header.
+pub const X_REQUEST_ID: &str = "x-request-id";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insane_ids_are_dropped() {
+        let keep = |v: &str| {
+            let request = Request::builder().header(X_REQUEST_ID, v).body(()).unwrap();
+            keep_if_sane(request).headers().contains_key(X_REQUEST_ID)
+        };
+        assert!(keep("abc-123_x.y:z"));
+        assert!(!keep("has space"));
+        assert!(!keep("quote\"inject"));
+        assert!(!keep(&"x".repeat(129)));
+        let two = Request::builder()
+            .header(X_REQUEST_ID, "a")
+            .header(X_REQUEST_ID, "b")
+            .body(())
+            .unwrap();
+        assert!(!keep_if_sane(two).headers().contains_key(X_REQUEST_ID));
+    }
 
     #[test]
     fn ids_are_unique_hex() {

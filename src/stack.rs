@@ -12,9 +12,7 @@ use tower::filter::FilterLayer;
 use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::ServiceBuilderExt;
-use tracing::Level;
 
 use crate::auth::{Authenticate, ClientRegistry};
 use crate::body::BoxError;
@@ -23,8 +21,10 @@ use crate::config::Config;
 use crate::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
 use crate::error;
 use crate::guard::RequestGuard;
+use crate::metrics::Metrics;
 use crate::namespace::ResolveNamespace;
-use crate::request_id::MakeRequestIds;
+use crate::observe::ObserveLayer;
+use crate::request_id::{self, MakeRequestIds};
 use crate::upstream::Upstream;
 
 /// Everything the stack is built from, created once at startup.
@@ -40,6 +40,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// The execution-detail cache, flights and their counters.
     pub cache: Arc<CacheState>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -48,7 +50,9 @@ impl AppState {
         let upstream = Upstream::new(&config.upstream)?;
         let registry = Arc::new(ClientRegistry::new(config.clients.iter().cloned()));
         let cache = CacheState::new(&config);
+        let metrics = Arc::new(Metrics::new(cache.clone()));
         Ok(Self {
+            metrics,
             config: Arc::new(config),
             registry,
             upstream,
@@ -76,30 +80,20 @@ where
     ServiceBuilder::new()
         // Keys must not reach logs even if a layer below prints headers.
         .sensitive_request_headers(Arc::new([header::AUTHORIZATION]))
+        // A client's X-Request-Id is kept only when it is a sane token.
+        .map_request(request_id::keep_if_sane::<B>)
         // Correlates the gateway's log line with the client and upstream.
         .set_x_request_id(MakeRequestIds::new())
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<B>| {
-                    // Building the span's fields costs even when nothing logs.
-                    if !tracing::enabled!(Level::INFO) {
-                        return tracing::Span::none();
-                    }
-                    let id = request
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
-                })
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
+        // One access-log line and the request metrics, when the body ends.
+        .layer(ObserveLayer::new(state.metrics.clone()))
         .propagate_x_request_id()
         // Every failure below becomes Mixpeek's error body, once, here.
         .map_result(error::into_response)
         // Bodies over server.max_body_bytes: 413 (by Content-Length at once,
         // or when a streamed body crosses the limit).
-        .layer(RequestBodyLimitLayer::new(state.config.server.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(
+            state.config.server.max_body_bytes,
+        ))
         // Ambiguous credentials and dot-segment paths never go further.
         .layer(FilterLayer::new(RequestGuard))
         // /_gateway/ routes need no key and are never forwarded.
@@ -107,6 +101,7 @@ where
             readiness: state.readiness.clone(),
             admin_key_sha256: state.config.server.admin_key_sha256,
             cache: state.cache.clone(),
+            metrics: state.metrics.clone(),
         }))
         // Who is calling; strips the client's own Authorization.
         .layer(FilterLayer::new(Authenticate::new(state.registry.clone())))

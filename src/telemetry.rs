@@ -1,13 +1,19 @@
 //! Logging setup: `tracing` to standard error, filtered by `RUST_LOG`
-//! (default `info`).
+//! (default `info`), as text or one JSON object per line (`[log] format`).
+//! The access log is the `access` target: one line per request.
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; safe to call more than once.
-pub fn init() {
+use crate::config::LogFormat;
+
+/// Installs the global subscriber; later calls do nothing.
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }

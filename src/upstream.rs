@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -28,6 +28,7 @@ use crate::cache_status::{CacheStatus, X_CACHE};
 use crate::config::{ApiKey, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::namespace::{EffectiveNamespace, X_NAMESPACE};
+use crate::observe::RequestContext;
 
 /// The pooled HTTP client used for every upstream call.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
@@ -160,9 +161,17 @@ impl tower::Service<Request<Body>> for Upstream {
         match self.build_request(request) {
             Ok(request) => {
                 let body_idle = self.target.body_idle;
+                let context = request.extensions().get::<Arc<RequestContext>>().cloned();
+                let started = Instant::now();
                 self.client
                     .request(request)
-                    .map(move |result| finish(result, body_idle))
+                    .map(move |result| {
+                        if let Some(context) = context {
+                            let status = result.as_ref().map_or(0, |r| r.status().as_u16());
+                            context.set_upstream(status, started.elapsed());
+                        }
+                        finish(result, body_idle)
+                    })
                     .boxed()
             }
             Err(error) => future::ready(Err(error.into())).boxed(),

@@ -49,6 +49,7 @@ use crate::cache_status::{CacheStatus, X_CACHE};
 use crate::config::Config;
 use crate::error::{classify, GatewayError};
 use crate::namespace::EffectiveNamespace;
+use crate::observe::RequestContext;
 
 /// Largest response body shared between coalesced requests or cached
 /// (16 MiB). Larger ones stream to the request that fetched them.
@@ -301,7 +302,17 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let state = self.state.clone();
-        match route::classify(request.method(), request.uri().path()) {
+        let route = route::classify(request.method(), request.uri().path());
+        if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
+            context.set_route(match route {
+                Route::Detail { .. } => crate::metrics::RouteClass::Detail,
+                Route::List { .. } => crate::metrics::RouteClass::List,
+                Route::Invalidate { .. } | Route::PassThrough => {
+                    crate::metrics::RouteClass::Passthrough
+                }
+            });
+        }
+        match route {
             Route::PassThrough => {
                 bump(&state.metrics.bypassed);
                 state.metrics.upstream_call(RouteClass::Passthrough);

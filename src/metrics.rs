@@ -1,0 +1,351 @@
+//! Prometheus metrics, served at `GET /_gateway/metrics` in the text format.
+//!
+//! Every label has a bounded set of values: client names come from the
+//! config (plus `-` for requests that never authenticated), route classes
+//! are four words, statuses are HTTP codes. No label holds a key, a path,
+//! an id or a namespace.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::cache::CacheState;
+
+/// A client name as a label value, shared rather than copied per request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ClientLabel(pub Arc<str>);
+
+impl ClientLabel {
+    /// The label of requests that were not authenticated.
+    pub fn anonymous() -> Self {
+        Self(Arc::from("-"))
+    }
+}
+
+impl EncodeLabelValue for ClientLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
+}
+
+/// What kind of route a request was.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RouteClass {
+    /// An execution detail.
+    Detail,
+    /// An execution list query.
+    List,
+    /// Any other API route.
+    Passthrough,
+    /// The gateway's own `/_gateway/` routes.
+    Gateway,
+}
+
+impl RouteClass {
+    /// The label text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Detail => "detail",
+            RouteClass::List => "list",
+            RouteClass::Passthrough => "passthrough",
+            RouteClass::Gateway => "gateway",
+        }
+    }
+}
+
+/// `X-Cache` outcomes, plus `none` for answers without the header.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// `HIT`
+    Hit,
+    /// `MISS`
+    Miss,
+    /// `COALESCED`
+    Coalesced,
+    /// `BYPASS`
+    Bypass,
+    /// The gateway answered itself (errors, gateway routes).
+    None,
+}
+
+impl CacheOutcome {
+    /// From an `X-Cache` header value.
+    pub fn from_header(value: Option<&http::HeaderValue>) -> Self {
+        match value.map(http::HeaderValue::as_bytes) {
+            Some(b"HIT") => CacheOutcome::Hit,
+            Some(b"MISS") => CacheOutcome::Miss,
+            Some(b"COALESCED") => CacheOutcome::Coalesced,
+            Some(b"BYPASS") => CacheOutcome::Bypass,
+            _ => CacheOutcome::None,
+        }
+    }
+
+    /// The log text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "HIT",
+            CacheOutcome::Miss => "MISS",
+            CacheOutcome::Coalesced => "COALESCED",
+            CacheOutcome::Bypass => "BYPASS",
+            CacheOutcome::None => "-",
+        }
+    }
+}
+
+impl EncodeLabelValue for RouteClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for CacheOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    client: ClientLabel,
+    route: RouteClass,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: CacheOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    route: RouteClass,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: RouteClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    client: ClientLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    client: ClientLabel,
+    reason: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~52 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// One finished request, as the access log sees it.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The client, or anonymous.
+    pub client: ClientLabel,
+    /// The route class.
+    pub route: RouteClass,
+    /// The status sent to the client.
+    pub status: u16,
+    /// `X-Cache`.
+    pub outcome: CacheOutcome,
+    /// Status and latency of the upstream call this request made, if any.
+    pub upstream: Option<(u16, Duration)>,
+    /// Time from request to the end of the response body.
+    pub latency: Duration,
+}
+
+/// All of the gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    outcomes: Family<OutcomeLabels, Counter>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_duration: HistogramFamily<RouteLabels>,
+    request_duration: HistogramFamily<RouteLabels>,
+    saved: Family<ClientLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
+    in_flight: Gauge,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+    cache_evictions: Counter,
+    evictions_seen: AtomicU64,
+    cache: Arc<CacheState>,
+}
+
+impl Metrics {
+    /// Registers every metric; cache figures are read from `cache` at scrape time.
+    pub fn new(cache: Arc<CacheState>) -> Self {
+        let mut registry = Registry::with_prefix("mixpeek_gateway");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Requests answered, by client, route class and status",
+            requests.clone(),
+        );
+        let outcomes = Family::default();
+        registry.register(
+            "cache_outcomes",
+            "Responses by X-Cache outcome",
+            outcomes.clone(),
+        );
+        let upstream_requests = Family::default();
+        registry.register(
+            "upstream_requests",
+            "Calls made to the upstream API, by route class and status (0: no response)",
+            upstream_requests.clone(),
+        );
+        let upstream_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Upstream latency until the response head",
+            upstream_duration.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "End-to-end latency until the last byte of the response",
+            request_duration.clone(),
+        );
+        let saved = Family::default();
+        registry.register(
+            "upstream_calls_saved",
+            "Requests answered without an upstream call of their own (hits and coalesced), by client",
+            saved.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by client and reason",
+            rate_limited.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being served",
+            in_flight.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Entries in the cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_weighted_bytes",
+            "Weighted size of the cache (bounded by cache.max_bytes)",
+            cache_bytes.clone(),
+        );
+        let cache_evictions = Counter::default();
+        registry.register(
+            "cache_evictions",
+            "Entries evicted to stay within cache.max_bytes",
+            cache_evictions.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            outcomes,
+            upstream_requests,
+            upstream_duration,
+            request_duration,
+            saved,
+            rate_limited,
+            in_flight,
+            cache_entries,
+            cache_bytes,
+            cache_evictions,
+            evictions_seen: AtomicU64::new(0),
+            cache,
+        }
+    }
+
+    /// A request started.
+    pub fn started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// A request finished (its body ended or the client went away).
+    pub fn finished(&self, done: &Finished) {
+        self.in_flight.dec();
+        self.requests
+            .get_or_create(&RequestLabels {
+                client: done.client.clone(),
+                route: done.route,
+                status: done.status,
+            })
+            .inc();
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                outcome: done.outcome,
+            })
+            .inc();
+        if matches!(done.outcome, CacheOutcome::Hit | CacheOutcome::Coalesced) {
+            self.saved
+                .get_or_create(&ClientLabels {
+                    client: done.client.clone(),
+                })
+                .inc();
+        }
+        let route = RouteLabels { route: done.route };
+        if let Some((status, latency)) = done.upstream {
+            self.upstream_requests
+                .get_or_create(&UpstreamLabels {
+                    route: done.route,
+                    status,
+                })
+                .inc();
+            self.upstream_duration
+                .get_or_create(&route)
+                .observe(latency.as_secs_f64());
+        }
+        self.request_duration
+            .get_or_create(&route)
+            .observe(done.latency.as_secs_f64());
+    }
+
+    /// A request was refused by a rate limit.
+    pub fn rate_limited(&self, client: ClientLabel, reason: &'static str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels { client, reason })
+            .inc();
+    }
+
+    /// The text exposition, with the cache figures read now.
+    pub fn encode(&self) -> String {
+        let store = &self.cache.store;
+        self.cache_entries
+            .set(i64::try_from(store.entry_count()).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(store.weighted_bytes()).unwrap_or(i64::MAX));
+        let evictions = store.evictions();
+        let seen = self.evictions_seen.swap(evictions, Ordering::Relaxed);
+        self.cache_evictions.inc_by(evictions.saturating_sub(seen));
+        let mut out = String::with_capacity(8 * 1024);
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(%error, "metrics encoding failed");
+        }
+        out
+    }
+}

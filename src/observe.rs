@@ -1,0 +1,252 @@
+//! One structured log line and one set of metric updates per request.
+//!
+//! [`ObserveLayer`] sits near the top of the stack. It attaches a
+//! [`RequestContext`] to the request, which the layers below fill in as they
+//! learn things — authentication the client, the cache layer the route
+//! class, the upstream its status and latency — and when the response body
+//! has been sent (or the client went away) it writes the access-log line and
+//! updates the metrics. Logging when the body ends, not when the head is
+//! ready, gives streams (SSE) their real duration.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{FutureExt, Map};
+use http::{HeaderValue, Method, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tower::{Layer, Service};
+
+use crate::body::{Body, BoxError};
+use crate::cache_status::X_CACHE;
+use crate::metrics::{CacheOutcome, ClientLabel, Finished, Metrics, RouteClass};
+
+/// What the layers below learn about a request (a request extension).
+#[derive(Debug, Default)]
+pub struct RequestContext {
+    client: OnceLock<ClientLabel>,
+    route: AtomicU8,
+    upstream_status: AtomicU16,
+    upstream_micros: AtomicU64,
+}
+
+impl RequestContext {
+    /// Records the authenticated client.
+    pub fn set_client(&self, name: &Arc<str>) {
+        let _ = self.client.set(ClientLabel(name.clone()));
+    }
+
+    /// Records the route class.
+    pub fn set_route(&self, route: RouteClass) {
+        self.route.store(route as u8 + 1, Ordering::Relaxed);
+    }
+
+    /// Records the upstream call this request made (status 0: no response).
+    pub fn set_upstream(&self, status: u16, latency: Duration) {
+        self.upstream_micros.store(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.upstream_status.store(status, Ordering::Relaxed);
+    }
+
+    fn route(&self) -> RouteClass {
+        match self.route.load(Ordering::Relaxed) {
+            1 => RouteClass::Detail,
+            2 => RouteClass::List,
+            4 => RouteClass::Gateway,
+            _ => RouteClass::Passthrough,
+        }
+    }
+
+    fn upstream(&self) -> Option<(u16, Duration)> {
+        let micros = self.upstream_micros.load(Ordering::Relaxed);
+        let status = self.upstream_status.load(Ordering::Relaxed);
+        (micros > 0 || status > 0).then(|| (status, Duration::from_micros(micros)))
+    }
+}
+
+/// Layer for [`Observe`].
+#[derive(Clone, Debug)]
+pub struct ObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    /// Records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Logs and measures every request.
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// What is known when the request starts.
+#[derive(Debug)]
+struct Pending {
+    context: Arc<RequestContext>,
+    metrics: Arc<Metrics>,
+    method: Method,
+    request_id: Option<HeaderValue>,
+    start: Instant,
+}
+
+type Finish = Box<
+    dyn FnOnce(Result<Response<Body>, BoxError>) -> Result<Response<ObservedBody>, BoxError> + Send,
+>;
+
+impl<S, B> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = BoxError>,
+{
+    type Response = Response<ObservedBody>;
+    type Error = BoxError;
+    type Future = Map<S::Future, Finish>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let context = Arc::new(RequestContext::default());
+        if request.uri().path().starts_with(crate::endpoints::PREFIX) {
+            context.set_route(RouteClass::Gateway);
+        }
+        request.extensions_mut().insert(context.clone());
+        self.metrics.started();
+        let pending = Pending {
+            context,
+            metrics: self.metrics.clone(),
+            method: request.method().clone(),
+            request_id: request.headers().get("x-request-id").cloned(),
+            start: Instant::now(),
+        };
+        let finish: Finish = Box::new(move |result| {
+            result.map(|response| {
+                let status = response.status().as_u16();
+                let outcome = CacheOutcome::from_header(response.headers().get(&X_CACHE));
+                response.map(|body| ObservedBody {
+                    inner: body,
+                    done: Some(Done {
+                        pending,
+                        status,
+                        outcome,
+                    }),
+                })
+            })
+        });
+        self.inner.call(request).map(finish)
+    }
+}
+
+#[derive(Debug)]
+struct Done {
+    pending: Pending,
+    status: u16,
+    outcome: CacheOutcome,
+}
+
+impl Done {
+    fn record(self, completed: bool) {
+        let Pending {
+            context,
+            metrics,
+            method,
+            request_id,
+            start,
+        } = self.pending;
+        let finished = Finished {
+            client: context
+                .client
+                .get()
+                .cloned()
+                .unwrap_or_else(ClientLabel::anonymous),
+            route: context.route(),
+            status: self.status,
+            outcome: self.outcome,
+            upstream: context.upstream(),
+            latency: start.elapsed(),
+        };
+        metrics.finished(&finished);
+        let (upstream_status, upstream_ms) = finished
+            .upstream
+            .map_or((0, 0.0), |(s, l)| (s, l.as_secs_f64() * 1000.0));
+        tracing::info!(
+            target: "access",
+            request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            client = &*finished.client.0,
+            method = method.as_str(),
+            route = finished.route.as_str(),
+            status = finished.status,
+            cache = finished.outcome.as_str(),
+            upstream_status,
+            upstream_ms,
+            latency_ms = finished.latency.as_secs_f64() * 1000.0,
+            completed,
+            "request"
+        );
+    }
+}
+
+/// The response body, recording the request when it ends or is dropped.
+#[derive(Debug)]
+pub struct ObservedBody {
+    inner: Body,
+    done: Option<Done>,
+}
+
+impl HttpBody for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(done) = self.done.take() {
+                done.record(true);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            // hyper drops a body it has fully sent without polling past its
+            // end when the size is known: that is a completed response too.
+            let completed = self.inner.is_end_stream();
+            done.record(completed);
+        }
+    }
+}

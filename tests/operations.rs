@@ -1,0 +1,243 @@
+//! Operations: Prometheus metrics, structured access logs, request ids.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use http::Method;
+use http_body_util::Full;
+use mixpeek_gateway::sim::SimConfig;
+use support::*;
+
+/// The value of one sample line (`name{labels} value`), if present.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| {
+            line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' ')
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes until `check` holds (metrics are recorded when a response body
+/// has been sent, an instant after the client has it), at most 2 s.
+async fn scrape_until(client: &TestClient, check: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    for _ in 0..200 {
+        let reply = client.get("/_gateway/metrics", "").await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.header("content-type").starts_with("text/plain"));
+        text = String::from_utf8(reply.body.to_vec()).unwrap();
+        if check(&text) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("metrics never matched:\n{text}");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_outcomes_upstream_calls_and_cache() {
+    let mut sim = SimConfig::new(REAL_KEY);
+    sim.latency = Duration::from_millis(150);
+    let h = Harness::with(sim, "", "").await;
+    let path = "/v1/retrievers/executions/exec_m1";
+    // 1 MISS + 4 COALESCED, then 2 HITs, a pass-through and a 401.
+    h.client.warm(5).await;
+    join_all((0..5).map(|_| h.client.get(path, SEARCH_KEY))).await;
+    h.client.get(path, SEARCH_KEY).await;
+    h.client.get(path, SEARCH_KEY).await;
+    h.client.get("/v1/collections", ADS_KEY).await;
+    h.client.get("/v1/collections", "nope").await;
+    h.gateway.state.cache.store.run_pending_tasks().await;
+
+    let text = scrape_until(&h.client, |t| {
+        sample(
+            t,
+            r#"mixpeek_gateway_requests_total{client="search-team",route="detail",status="200"}"#,
+        ) == Some(7.0)
+            && sample(
+                t,
+                r#"mixpeek_gateway_requests_total{client="-",route="passthrough",status="401"}"#,
+            ) == Some(1.0)
+    })
+    .await;
+    let s = |k: &str| sample(&text, k);
+    assert_eq!(
+        s(r#"mixpeek_gateway_cache_outcomes_total{outcome="HIT"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        s(r#"mixpeek_gateway_cache_outcomes_total{outcome="MISS"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        s(r#"mixpeek_gateway_cache_outcomes_total{outcome="COALESCED"}"#),
+        Some(4.0)
+    );
+    assert_eq!(
+        s(r#"mixpeek_gateway_cache_outcomes_total{outcome="BYPASS"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        s(r#"mixpeek_gateway_upstream_requests_total{route="detail",status="200"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        s(r#"mixpeek_gateway_upstream_requests_total{route="passthrough",status="200"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        s(r#"mixpeek_gateway_upstream_calls_saved_total{client="search-team"}"#),
+        Some(6.0)
+    );
+    assert_eq!(
+        s(r#"mixpeek_gateway_requests_total{client="ads-team",route="passthrough",status="200"}"#),
+        Some(1.0)
+    );
+    assert_eq!(s("mixpeek_gateway_cache_entries"), Some(1.0));
+    assert!(s("mixpeek_gateway_cache_weighted_bytes").unwrap() > 800.0);
+    assert!(
+        s("mixpeek_gateway_in_flight_requests").unwrap() >= 1.0,
+        "the scrape itself"
+    );
+    assert_eq!(
+        s(r#"mixpeek_gateway_upstream_duration_seconds_count{route="detail"}"#),
+        Some(1.0)
+    );
+    assert!(s(r#"mixpeek_gateway_upstream_duration_seconds_sum{route="detail"}"#).unwrap() >= 0.15);
+    assert!(s(r#"mixpeek_gateway_request_duration_seconds_count{route="detail"}"#).unwrap() >= 7.0);
+    assert_eq!(h.sim.count("GET /v1/retrievers/executions/{id}"), 1);
+    // Bounded labels only: no key, id, path or namespace anywhere.
+    for leaked in [
+        REAL_KEY,
+        SEARCH_KEY,
+        ADS_KEY,
+        "exec_m1",
+        "/v1/",
+        "ns_search",
+    ] {
+        assert!(!text.contains(leaked), "{leaked} in metrics");
+    }
+}
+
+#[tokio::test]
+async fn sane_request_ids_are_kept_forwarded_and_returned_others_replaced() {
+    let h = Harness::start().await;
+    let send = |id: &'static str| {
+        let request = h
+            .client
+            .request(Method::GET, "/v1/collections")
+            .header("authorization", format!("Bearer {SEARCH_KEY}"))
+            .header("x-request-id", id)
+            .body(Full::default())
+            .unwrap();
+        h.client.send(request)
+    };
+    let kept = send("trace-42.a:b").await;
+    assert_eq!(kept.header("x-request-id"), "trace-42.a:b");
+    assert_eq!(
+        h.sim.requests().pop().unwrap().headers["x-request-id"],
+        "trace-42.a:b"
+    );
+    let replaced = send("bad id\"with quotes").await;
+    let fresh = replaced.header("x-request-id").to_string();
+    assert!(
+        fresh.len() == 32 && fresh.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{fresh}"
+    );
+    assert_eq!(
+        h.sim.requests().pop().unwrap().headers["x-request-id"],
+        fresh.as_str()
+    );
+    // Generated when absent.
+    assert_eq!(
+        h.client
+            .get("/v1/collections", SEARCH_KEY)
+            .await
+            .header("x-request-id")
+            .len(),
+        32
+    );
+}
+
+/// The next log line containing `needle`, within 10 s.
+async fn next_matching(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    needle: &str,
+) -> Result<String, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = rx.recv().await.expect("gateway log stream ended");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn json_access_log_has_one_line_per_request_with_every_field() {
+    let sim = start_sim(SimConfig::new(REAL_KEY)).await;
+    let dir = std::env::temp_dir().join(format!("mixpeek-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("json.toml");
+    std::fs::write(
+        &path,
+        config_toml(&sim.base_url(), "", "") + "\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let listen = closed_port().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mixpeek-gateway"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(["--listen", &listen.to_string()])
+        .env("TEST_MIXPEEK_API_KEY", REAL_KEY)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    next_matching(&mut lines_rx, "listening")
+        .await
+        .expect("started");
+
+    let client = TestClient::new(format!("http://{listen}"));
+    let reply = client
+        .get("/v1/retrievers/executions/exec_log", SEARCH_KEY)
+        .await;
+    let request_id = reply.header("x-request-id").to_string();
+    let line = next_matching(&mut lines_rx, "\"access\"")
+        .await
+        .expect("an access line");
+    let entry: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(entry["request_id"], request_id.as_str());
+    assert_eq!(entry["client"], "search-team");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["route"], "detail");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["cache"], "MISS");
+    assert_eq!(entry["upstream_status"], 200);
+    assert!(entry["upstream_ms"].as_f64().unwrap() >= 0.0);
+    assert!(entry["latency_ms"].as_f64().unwrap() >= entry["upstream_ms"].as_f64().unwrap());
+    assert!(!line.contains(SEARCH_KEY) && !line.contains(REAL_KEY));
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
