@@ -41,7 +41,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -103,6 +104,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// SHA-256 of the admin key; `None` disables the admin API.
     pub admin_key_sha256: Option<[u8; 32]>,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
 }
 
 /// PEM files for serving HTTPS.
@@ -125,6 +128,8 @@ pub struct UpstreamConfig {
     pub api_key: ApiKey,
     /// Time allowed from sending the request to receiving the response head.
     pub timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for an `https://` upstream.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The organisation's real API key as a ready `Authorization` value.
@@ -228,6 +233,7 @@ struct RawServer {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     admin_key_sha256: Option<String>,
+    shutdown_grace_ms: u64,
 }
 
 impl Default for RawServer {
@@ -238,6 +244,7 @@ impl Default for RawServer {
             tls_cert_file: None,
             tls_key_file: None,
             admin_key_sha256: None,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -248,6 +255,7 @@ struct RawUpstream {
     base_url: String,
     api_key_env: String,
     timeout_ms: u64,
+    ca_file: Option<PathBuf>,
 }
 
 impl Default for RawUpstream {
@@ -256,6 +264,7 @@ impl Default for RawUpstream {
             base_url: "https://api.mixpeek.com".into(),
             api_key_env: "MIXPEEK_API_KEY".into(),
             timeout_ms: 30_000,
+            ca_file: None,
         }
     }
 }
@@ -515,11 +524,9 @@ impl RawServer {
                 ))
             }
         };
-        if tls.is_some() {
-            return Err(ConfigError::new(
-                "server.tls_cert_file",
-                "serving HTTPS is not implemented yet; terminate TLS in front of the gateway",
-            ));
+        if let Some(files) = &tls {
+            // Fail at startup (and in check-config), not at the first handshake.
+            crate::tls::server_config(&files.cert_file, &files.key_file)?;
         }
         let admin_key_sha256 = self
             .admin_key_sha256
@@ -530,6 +537,7 @@ impl RawServer {
             max_body_bytes,
             tls,
             admin_key_sha256,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         })
     }
 }
@@ -561,11 +569,15 @@ impl RawUpstream {
                 "must be greater than 0",
             ));
         }
+        if let Some(path) = &self.ca_file {
+            crate::tls::load_certs(path, "upstream.ca_file")?;
+        }
         Ok(UpstreamConfig {
             base_url,
             api_key_env: self.api_key_env,
             api_key,
             timeout: Duration::from_millis(self.timeout_ms),
+            ca_file: self.ca_file,
         })
     }
 }

@@ -29,4 +29,5 @@ pub mod server;
 pub mod sim;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -15,20 +15,30 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::body::BoxError;
 use crate::config::Config;
 use crate::stack::{self, AppState};
 
-/// How long in-flight requests may run after shutdown begins.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Time allowed for a client's TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the gateway on `listener` until `shutdown` resolves, then drains.
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains:
+/// `/_gateway/ready` turns 503, the listener closes, and in-flight requests
+/// (streams included) get `server.shutdown_grace_ms` to finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let tls = match &state.config.server.tls {
+        Some(files) => Some(TlsAcceptor::from(
+            crate::tls::server_config(&files.cert_file, &files.key_file)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        )),
+        None => None,
+    };
     let app = stack::app(&state);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -54,21 +64,57 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, error = %error, "connection closed with error");
+        match &tls {
+            None => {
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%peer, error = %error, "connection closed with error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let (acceptor, builder, watcher) =
+                    (acceptor.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(error) = watcher.watch(connection.into_owned()).await {
+                        tracing::debug!(%peer, error = %error, "connection closed with error");
+                    }
+                });
+            }
+        }
     }
 
     state.readiness.set_draining();
     drop(listener);
-    tracing::info!("shutting down: draining in-flight requests");
+    let grace = state.config.server.shutdown_grace;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: draining in-flight requests"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("shutdown grace period expired"),
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period expired"),
     }
     Ok(())
 }
@@ -85,9 +131,14 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
-    /// `http://addr`.
+    /// `http://addr` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.state.config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting, drains and waits for the server to finish.

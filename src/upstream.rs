@@ -82,8 +82,9 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(10))));
+        let tls = crate::tls::client_config(config.ca_file.as_deref())?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -234,6 +235,7 @@ mod tests {
             api_key_env: "K".into(),
             api_key: ApiKey::new("sk_real").unwrap(),
             timeout: Duration::from_secs(1),
+            ca_file: None,
         };
         Upstream::new(&config).unwrap()
     }

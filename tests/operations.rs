@@ -241,3 +241,75 @@ async fn json_access_log_has_one_line_per_request_with_every_field() {
         .status();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
+    let mut sim_config = SimConfig::new(REAL_KEY);
+    sim_config.latency = Duration::from_millis(800);
+    let sim = start_sim(sim_config).await;
+    let dir = std::env::temp_dir().join(format!("mixpeek-ops-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("term.toml");
+    std::fs::write(
+        &path,
+        config_toml(&sim.base_url(), "shutdown_grace_ms = 10000", ""),
+    )
+    .unwrap();
+    let listen = closed_port().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mixpeek-gateway"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(["--listen", &listen.to_string()])
+        .env("TEST_MIXPEEK_API_KEY", REAL_KEY)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    next_matching(&mut lines_rx, "listening")
+        .await
+        .expect("started");
+
+    let client = TestClient::new(format!("http://{listen}"));
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/v1/collections/slow", SEARCH_KEY).await }
+    });
+    // Once the request has reached upstream, ask the gateway to stop.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while sim.count("other") == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("request reached upstream");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    next_matching(&mut lines_rx, "shutting down")
+        .await
+        .expect("drain started");
+    // New connections are refused while draining...
+    assert!(tokio::net::TcpStream::connect(listen).await.is_err());
+    // ...but the request in flight completes.
+    let reply = slow.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-echo-path"), "/v1/collections/slow");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
