@@ -18,6 +18,7 @@ use crate::body::BoxError;
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
 use crate::observe::RequestContext;
+use crate::reload::Clients;
 
 /// The client a request was authenticated as (a request extension).
 #[derive(Clone, Debug)]
@@ -59,6 +60,11 @@ impl ClientRegistry {
         found.map(|i| (&self.clients[i], &self.labels[i]))
     }
 
+    /// The clients' names, as shared labels.
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.labels.iter()
+    }
+
     /// Number of clients.
     pub fn len(&self) -> usize {
         self.clients.len()
@@ -84,13 +90,13 @@ pub fn bearer_token(value: &http::HeaderValue) -> Option<&[u8]> {
 /// The authentication predicate, used as a [`tower::filter::Filter`].
 #[derive(Clone, Debug)]
 pub struct Authenticate {
-    registry: Arc<ClientRegistry>,
+    clients: Clients,
 }
 
 impl Authenticate {
-    /// Authenticates against `registry`.
-    pub fn new(registry: Arc<ClientRegistry>) -> Self {
-        Self { registry }
+    /// Authenticates against the clients in force (swapped on reload).
+    pub fn new(clients: Clients) -> Self {
+        Self { clients }
     }
 }
 
@@ -106,16 +112,15 @@ impl<B> tower::filter::Predicate<Request<B>> for Authenticate {
         let token = bearer_token(&value).ok_or(GatewayError::Unauthorized(
             "malformed Authorization header: expected 'Bearer <gateway key>'",
         ))?;
-        let (client, label) = self
-            .registry
+        let registry = self.clients.load();
+        let (client, label) = registry
             .lookup_labelled(token)
             .ok_or(GatewayError::Unauthorized("invalid gateway key"))?;
         if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
             context.set_client(label);
         }
-        request
-            .extensions_mut()
-            .insert(AuthenticatedClient(client.clone()));
+        let client = client.clone();
+        request.extensions_mut().insert(AuthenticatedClient(client));
         Ok(request)
     }
 }
@@ -125,7 +130,7 @@ mod tests {
     use super::*;
     use tower::filter::Predicate;
 
-    fn registry() -> Arc<ClientRegistry> {
+    fn registry() -> Clients {
         let client = |name: &str, key: &str| ClientConfig {
             name: name.into(),
             key_sha256: Sha256::digest(key.as_bytes()).into(),
@@ -133,10 +138,10 @@ mod tests {
             allowed_namespaces: vec![format!("ns_{name}")],
             rate_limit: None,
         };
-        Arc::new(ClientRegistry::new([
+        Arc::new(arc_swap::ArcSwap::from_pointee(ClientRegistry::new([
             client("a", "key-a"),
             client("b", "key-b"),
-        ]))
+        ])))
     }
 
     fn request(auth: Option<&str>) -> Request<()> {

@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::future::{BoxFuture, Either, FutureExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -25,7 +26,9 @@ use crate::body::{self, Body, BoxError};
 use crate::cache::route::canonicalize;
 use crate::cache::CacheState;
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{ClientLabel, Metrics};
+use crate::reload::{Clients, Reloader};
+use crate::status::StatusFigures;
 
 /// The prefix no upstream route may use.
 pub const PREFIX: &str = "/_gateway/";
@@ -68,6 +71,12 @@ pub struct Endpoints {
     pub cache: Arc<CacheState>,
     /// What `/_gateway/metrics` serves.
     pub metrics: Arc<Metrics>,
+    /// Reloads the clients (`POST /_gateway/reload`).
+    pub reloader: Arc<Reloader>,
+    /// The clients in force, for the status page.
+    pub clients: Clients,
+    /// When the gateway started.
+    pub started: Instant,
 }
 
 /// Layer for [`GatewayEndpoints`].
@@ -129,6 +138,61 @@ impl Endpoints {
         };
         let digest: [u8; 32] = Sha256::digest(token).into();
         bool::from(digest.ct_eq(expected))
+    }
+
+    /// The status page is open without an admin key configured, and needs
+    /// it when one is.
+    fn may_see_status<B>(&self, request: &Request<B>) -> bool {
+        self.admin_key_sha256.is_none() || self.is_admin(request)
+    }
+
+    fn status_page(&self) -> Response<Body> {
+        let clients = self.clients.load();
+        let labels = clients
+            .names()
+            .map(|name| ClientLabel(name.clone()))
+            .chain(std::iter::once(ClientLabel::anonymous()));
+        let figures = StatusFigures::read(
+            self.started.elapsed(),
+            &self.cache,
+            &self.metrics,
+            labels,
+            None,
+        );
+        let mut response = Response::new(body::full(figures.html()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            "content-security-policy",
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        );
+        response
+    }
+
+    fn reload(&self) -> Response<Body> {
+        match self.reloader.reload() {
+            Ok(report) => {
+                let body = serde_json::json!({
+                    "status": "reloaded",
+                    "clients": report.clients,
+                    "restart_required": report.restart_required,
+                });
+                let mut response = Response::new(body::full(body.to_string()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Err(error) => {
+                tracing::error!(%error, "config reload refused; the running clients stay");
+                GatewayError::BadRequest(format!("config reload refused: {error}")).into_response()
+            }
+        }
     }
 
     /// `rest` is what follows `/_gateway/cache/`; `None` for the whole cache.
@@ -196,6 +260,14 @@ where
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"status":"draining"}"#,
             )),
+            "/_gateway/status" if is_read && self.endpoints.may_see_status(&request) => {
+                Ok(self.endpoints.status_page())
+            }
+            "/_gateway/reload"
+                if request.method() == Method::POST && self.endpoints.is_admin(&request) =>
+            {
+                Ok(self.endpoints.reload())
+            }
             _ if request.method() == Method::DELETE && self.endpoints.is_admin(&request) => {
                 let target = if path == "/_gateway/cache" {
                     Some(None)
@@ -244,11 +316,18 @@ mod tests {
         let toml = "[[clients]]\nname = \"a\"\nnamespace = \"ns\"\nkey_sha256 = \"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\"\n";
         let config = crate::config::Config::from_toml(toml, |_| Some("k".into())).unwrap();
         let cache = CacheState::new(&config);
+        let config = Arc::new(config);
+        let clients: Clients = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::auth::ClientRegistry::new(config.clients.iter().cloned()),
+        ));
         let endpoints = Endpoints {
             readiness,
             admin_key_sha256: None,
             metrics: Arc::new(Metrics::new(cache.clone())),
             cache,
+            reloader: Arc::new(Reloader::new(None, config, clients.clone())),
+            clients,
+            started: Instant::now(),
         };
         GatewayEndpointsLayer::new(endpoints).layer(tower::util::BoxService::new(inner))
     }

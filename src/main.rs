@@ -40,7 +40,7 @@ async fn run(mut cli: Cli) -> ExitCode {
                 return ExitCode::from(CONFIG_ERROR);
             };
             telemetry::init(config.log.format);
-            serve(config).await
+            serve(config, cli.config.clone()).await
         }
         Command::CheckConfig => match load(&cli) {
             Some(config) => {
@@ -103,9 +103,9 @@ fn load(cli: &Cli) -> Option<Config> {
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, path: std::path::PathBuf) -> ExitCode {
     let listen = config.server.listen;
-    let state = match stack::AppState::new(config) {
+    let state = match stack::AppState::with_path(config, Some(path)) {
         Ok(state) => state,
         Err(error) => {
             eprintln!("error: cannot build the upstream client: {error}");
@@ -122,9 +122,10 @@ async fn serve(config: Config) -> ExitCode {
     tracing::info!(
         %listen,
         upstream = %state.config.upstream.base_url,
-        clients = state.registry.len(),
+        clients = state.clients.load().len(),
         "mixpeek-gateway listening"
     );
+    server::reload_on_sighup(state.reloader.clone());
     match server::serve(listener, state, server::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -183,6 +183,9 @@ pub struct Metrics {
     request_duration: HistogramFamily<RouteLabels>,
     saved: Family<ClientLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
+    client_requests: Family<ClientLabels, Counter>,
+    client_hits: Family<ClientLabels, Counter>,
+    client_limited: Family<ClientLabels, Counter>,
     in_flight: Gauge,
     cache_entries: Gauge,
     cache_bytes: Gauge,
@@ -239,6 +242,24 @@ impl Metrics {
             "Requests refused by a rate limit, by client and reason",
             rate_limited.clone(),
         );
+        let client_requests = Family::default();
+        registry.register(
+            "client_requests",
+            "Requests answered, by client",
+            client_requests.clone(),
+        );
+        let client_hits = Family::default();
+        registry.register(
+            "client_cache_hits",
+            "Requests served from cache (X-Cache: HIT), by client",
+            client_hits.clone(),
+        );
+        let client_limited = Family::default();
+        registry.register(
+            "client_throttled",
+            "Requests answered 429, by client",
+            client_limited.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
@@ -272,6 +293,9 @@ impl Metrics {
             request_duration,
             saved,
             rate_limited,
+            client_requests,
+            client_hits,
+            client_limited,
             in_flight,
             cache_entries,
             cache_bytes,
@@ -301,6 +325,16 @@ impl Metrics {
                 outcome: done.outcome,
             })
             .inc();
+        let client = ClientLabels {
+            client: done.client.clone(),
+        };
+        self.client_requests.get_or_create(&client).inc();
+        if done.outcome == CacheOutcome::Hit {
+            self.client_hits.get_or_create(&client).inc();
+        }
+        if done.status == 429 {
+            self.client_limited.get_or_create(&client).inc();
+        }
         if matches!(done.outcome, CacheOutcome::Hit | CacheOutcome::Coalesced) {
             self.saved
                 .get_or_create(&ClientLabels {
@@ -323,6 +357,18 @@ impl Metrics {
         self.request_duration
             .get_or_create(&route)
             .observe(done.latency.as_secs_f64());
+    }
+
+    /// Requests, cache hits and 429s of one client so far.
+    pub fn client_figures(&self, client: &ClientLabel) -> (u64, u64, u64) {
+        let labels = ClientLabels {
+            client: client.clone(),
+        };
+        (
+            self.client_requests.get_or_create(&labels).get(),
+            self.client_hits.get_or_create(&labels).get(),
+            self.client_limited.get_or_create(&labels).get(),
+        )
     }
 
     /// A request was refused by a rate limit.

@@ -161,9 +161,18 @@ impl Drop for RunningGateway {
 /// Binds `config.server.listen` (port 0 picks a free one) and serves in the
 /// background.
 pub async fn spawn(config: Config) -> Result<RunningGateway, BoxError> {
-    let listener = TcpListener::bind(config.server.listen).await?;
+    spawn_state(AppState::new(config)?).await
+}
+
+/// Like [`spawn`], from a config file that `POST /_gateway/reload` re-reads.
+pub async fn spawn_from_file(path: &std::path::Path) -> Result<RunningGateway, BoxError> {
+    let config = Config::load(path)?;
+    spawn_state(AppState::with_path(config, Some(path.to_path_buf()))?).await
+}
+
+async fn spawn_state(state: AppState) -> Result<RunningGateway, BoxError> {
+    let listener = TcpListener::bind(state.config.server.listen).await?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(config)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, state.clone(), async move {
         let _ = stopped.await;
@@ -174,6 +183,24 @@ pub async fn spawn(config: Config) -> Result<RunningGateway, BoxError> {
         stop: Some(stop),
         task,
     })
+}
+
+/// Reloads the clients on every SIGHUP, for the life of the process.
+pub fn reload_on_sighup(reloader: std::sync::Arc<crate::reload::Reloader>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /_gateway/reload");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading config");
+            reloader.reload_logged();
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = reloader;
 }
 
 /// Resolves on SIGINT or SIGTERM.

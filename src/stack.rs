@@ -4,7 +4,11 @@
 //! [`app`] is shared by the server, the tests and the benchmarks, so all of
 //! them exercise exactly the same stack.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::{header, Request, Response};
@@ -24,6 +28,7 @@ use crate::guard::RequestGuard;
 use crate::metrics::Metrics;
 use crate::namespace::ResolveNamespace;
 use crate::observe::ObserveLayer;
+use crate::reload::{Clients, Reloader};
 use crate::request_id::{self, MakeRequestIds};
 use crate::upstream::Upstream;
 
@@ -32,8 +37,12 @@ use crate::upstream::Upstream;
 pub struct AppState {
     /// The validated configuration.
     pub config: Arc<Config>,
-    /// The clients, by key digest.
-    pub registry: Arc<ClientRegistry>,
+    /// The clients in force, by key digest; swapped on reload.
+    pub clients: Clients,
+    /// Reloads the clients from the config file.
+    pub reloader: Arc<Reloader>,
+    /// When the gateway started, for the status page.
+    pub started: Instant,
     /// The pooled upstream client.
     pub upstream: Upstream,
     /// Cleared when the gateway starts draining.
@@ -45,16 +54,28 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the upstream client and the client registry.
+    /// Builds the upstream client and the client registry; the config did
+    /// not come from a file, so it cannot be reloaded.
     pub fn new(config: Config) -> Result<Self, BoxError> {
+        Self::with_path(config, None)
+    }
+
+    /// As [`new`](Self::new), reloadable from `path`.
+    pub fn with_path(config: Config, path: Option<PathBuf>) -> Result<Self, BoxError> {
         let upstream = Upstream::new(&config.upstream)?;
-        let registry = Arc::new(ClientRegistry::new(config.clients.iter().cloned()));
+        let clients: Clients = Arc::new(ArcSwap::from_pointee(ClientRegistry::new(
+            config.clients.iter().cloned(),
+        )));
         let cache = CacheState::new(&config);
         let metrics = Arc::new(Metrics::new(cache.clone()));
+        let config = Arc::new(config);
+        let reloader = Arc::new(Reloader::new(path, config.clone(), clients.clone()));
         Ok(Self {
             metrics,
-            config: Arc::new(config),
-            registry,
+            config,
+            clients,
+            reloader,
+            started: Instant::now(),
             upstream,
             readiness: Readiness::new(),
             cache,
@@ -102,9 +123,12 @@ where
             admin_key_sha256: state.config.server.admin_key_sha256,
             cache: state.cache.clone(),
             metrics: state.metrics.clone(),
+            reloader: state.reloader.clone(),
+            clients: state.clients.clone(),
+            started: state.started,
         }))
         // Who is calling; strips the client's own Authorization.
-        .layer(FilterLayer::new(Authenticate::new(state.registry.clone())))
+        .layer(FilterLayer::new(Authenticate::new(state.clients.clone())))
         // Which namespace the request acts in (403 outside the allowed set).
         .layer(FilterLayer::new(ResolveNamespace))
         // Terminal execution details from memory; identical calls coalesced.
