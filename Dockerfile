@@ -27,6 +27,6 @@ ENV MIXPEEK_GATEWAY_CONFIG=/etc/mixpeek-gateway/gateway.toml \
     MIXPEEK_GATEWAY_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=10s --timeout=2s CMD ["/usr/local/bin/mixpeek-gateway", "check-config"]
+# Probe GET /_gateway/ready (503 while draining) from the orchestrator.
 ENTRYPOINT ["/usr/local/bin/mixpeek-gateway"]
 CMD ["serve"]
