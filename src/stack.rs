@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
 use crate::error;
 use crate::guard::RequestGuard;
+use crate::limits::{AuthFailureGuardLayer, ClientLimitLayer, Limits, UpstreamGuardLayer};
 use crate::namespace::ResolveNamespace;
 use crate::request_id::MakeRequestIds;
 use crate::upstream::Upstream;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// The execution-detail cache, flights and their counters.
     pub cache: Arc<CacheState>,
+    /// Rate limits, the upstream quota guard and their counters.
+    pub limits: Arc<Limits>,
 }
 
 impl AppState {
@@ -48,12 +51,14 @@ impl AppState {
         let upstream = Upstream::new(&config.upstream)?;
         let registry = Arc::new(ClientRegistry::new(config.clients.iter().cloned()));
         let cache = CacheState::new(&config);
+        let limits = Limits::new(&config);
         Ok(Self {
             config: Arc::new(config),
             registry,
             upstream,
             readiness: Readiness::new(),
             cache,
+            limits,
         })
     }
 }
@@ -108,12 +113,18 @@ where
             admin_key_sha256: state.config.server.admin_key_sha256,
             cache: state.cache.clone(),
         }))
+        // A peer IP with too many 401s gets 429 before its key is even looked at.
+        .layer(AuthFailureGuardLayer::new(state.limits.auth_failures.clone()))
         // Who is calling; strips the client's own Authorization.
         .layer(FilterLayer::new(Authenticate::new(state.registry.clone())))
+        // The client's rate_limit on every authenticated request (cache hits too).
+        .layer(ClientLimitLayer::new(state.limits.clients.clone()))
         // Which namespace the request acts in (403 outside the allowed set).
         .layer(FilterLayer::new(ResolveNamespace))
         // Terminal execution details from memory; identical calls coalesced.
         .layer(CacheLayer::new(state.cache.clone()))
+        // Only calls that really go upstream spend the organisation's quota.
+        .layer(UpstreamGuardLayer::new(state.limits.upstream.clone()))
         // upstream.timeout_ms until the response head: 504.
         .layer(TimeoutLayer::new(state.config.upstream.timeout))
         .service(state.upstream.clone())

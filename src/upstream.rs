@@ -225,6 +225,9 @@ mod tests {
             api_key_env: "K".into(),
             api_key: ApiKey::new("sk_real").unwrap(),
             timeout: Duration::from_secs(1),
+            max_requests_per_second: None,
+            queue_timeout: Duration::from_secs(2),
+            max_in_flight: 256,
         };
         Upstream::new(&config).unwrap()
     }
