@@ -178,7 +178,15 @@ where
             if response.status() == StatusCode::PAYLOAD_TOO_LARGE
                 && !response.headers().contains_key(&X_CACHE) =>
         {
-            GatewayError::PayloadTooLarge.into_response()
+            // Keep what layers below added (rate-limit headers); only the
+            // body and its type are replaced.
+            let mut ours = GatewayError::PayloadTooLarge.into_response();
+            for (name, value) in response.headers() {
+                if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                    ours.headers_mut().append(name, value.clone());
+                }
+            }
+            ours
         }
         Ok(response) => response.map(body::boxed),
         Err(error) => {

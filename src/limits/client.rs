@@ -450,6 +450,23 @@ mod tests {
         assert_eq!(response.headers()["x-ratelimit-remaining"], "9");
     }
 
+    #[tokio::test]
+    async fn a_413_keeps_its_headers_through_the_top_of_the_stack() {
+        let limited = client("team-a", Some((10, 10)));
+        let (limits, _) = limits(std::slice::from_ref(&limited));
+        let inner = service_fn(|_: Request<()>| async {
+            Err::<Response<Body>, BoxError>(GatewayError::PayloadTooLarge.into())
+        });
+        let response = ClientLimitLayer::new(limits)
+            .layer(inner)
+            .oneshot(request(Some(&limited)))
+            .await;
+        let response = error::into_response(response).unwrap();
+        assert_eq!(response.status(), 413);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["x-ratelimit-limit"], "10");
+    }
+
     #[test]
     fn rounds_up_to_whole_seconds() {
         assert_eq!(ceil_secs(Duration::ZERO), 0);

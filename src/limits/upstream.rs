@@ -79,7 +79,8 @@ impl RateGate {
         let _waiting = Waiting::enter(&self.waiting);
         let Ok(_turn) = tokio::time::timeout_at(deadline, self.line.lock()).await else {
             // Roughly the time the calls ahead of this one need.
-            return Err(self.interval * self.waiting.load(Ordering::Acquire).max(1) as u32);
+            let ahead = self.waiting.load(Ordering::Acquire).max(1);
+            return Err(self.interval * u32::try_from(ahead).unwrap_or(u32::MAX));
         };
         loop {
             match self.gcra.check() {
@@ -362,7 +363,12 @@ where
             if response.status() == StatusCode::TOO_MANY_REQUESTS {
                 guard.upstream_throttled(response.headers(), name);
             }
-            Ok(response.map(|body| body::boxed(Held { body, permit })))
+            Ok(response.map(|body| {
+                body::boxed(Held {
+                    body,
+                    _permit: permit,
+                })
+            }))
         })
     }
 }
@@ -385,8 +391,7 @@ where
 /// is dropped.
 struct Held {
     body: Body,
-    #[allow(dead_code)]
-    permit: OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl http_body::Body for Held {
