@@ -106,6 +106,9 @@ pub struct ServerConfig {
     pub admin_key_sha256: Option<[u8; 32]>,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Failed authentications (401) one peer IP may cause per minute before
+    /// it is answered 429 for the rest of that minute.
+    pub auth_failures_per_minute: NonZeroU32,
 }
 
 /// PEM files for serving HTTPS.
@@ -130,7 +133,19 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Extra CA certificates (PEM) trusted for an `https://` upstream.
     pub ca_file: Option<PathBuf>,
+    /// Gateway-wide limit on calls that actually go upstream; `None`: no limit.
+    pub max_requests_per_second: Option<NonZeroU32>,
+    /// Longest a call waits for the upstream quota guard before it is 429.
+    pub queue_timeout: Duration,
+    /// Upstream calls running at once.
+    pub max_in_flight: usize,
 }
+
+/// Largest `upstream.queue_timeout_ms` accepted (one hour).
+pub const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Largest `upstream.max_in_flight` accepted.
+pub const MAX_IN_FLIGHT: usize = 1_000_000;
 
 /// The organisation's real API key as a ready `Authorization` value.
 ///
@@ -234,6 +249,7 @@ struct RawServer {
     tls_key_file: Option<PathBuf>,
     admin_key_sha256: Option<String>,
     shutdown_grace_ms: u64,
+    auth_failures_per_minute: u32,
 }
 
 impl Default for RawServer {
@@ -245,6 +261,7 @@ impl Default for RawServer {
             tls_key_file: None,
             admin_key_sha256: None,
             shutdown_grace_ms: 10_000,
+            auth_failures_per_minute: 30,
         }
     }
 }
@@ -256,6 +273,9 @@ struct RawUpstream {
     api_key_env: String,
     timeout_ms: u64,
     ca_file: Option<PathBuf>,
+    max_requests_per_second: Option<u32>,
+    queue_timeout_ms: u64,
+    max_in_flight: u64,
 }
 
 impl Default for RawUpstream {
@@ -265,6 +285,9 @@ impl Default for RawUpstream {
             api_key_env: "MIXPEEK_API_KEY".into(),
             timeout_ms: 30_000,
             ca_file: None,
+            max_requests_per_second: None,
+            queue_timeout_ms: 2_000,
+            max_in_flight: 256,
         }
     }
 }
@@ -366,6 +389,21 @@ impl Config {
         let _ = writeln!(out, "upstream:        {}", u.base_url);
         let _ = writeln!(out, "api key:         from ${} (set)", u.api_key_env);
         let _ = writeln!(out, "timeout:         {} ms", u.timeout.as_millis());
+        let _ = writeln!(
+            out,
+            "upstream guard:  {}, {} in flight, queue timeout {} ms",
+            match u.max_requests_per_second {
+                Some(rps) => format!("{rps} rps"),
+                None => "no rate limit".into(),
+            },
+            u.max_in_flight,
+            u.queue_timeout.as_millis()
+        );
+        let _ = writeln!(
+            out,
+            "auth failures:   {} per minute per peer IP",
+            s.auth_failures_per_minute
+        );
         let _ = writeln!(
             out,
             "cache:           {} bytes, ttl {} s, terminal {:?}",
@@ -532,12 +570,17 @@ impl RawServer {
             .admin_key_sha256
             .map(|h| parse_sha256("server.admin_key_sha256", &h))
             .transpose()?;
+        let auth_failures_per_minute =
+            NonZeroU32::new(self.auth_failures_per_minute).ok_or_else(|| {
+                ConfigError::new("server.auth_failures_per_minute", "must be greater than 0")
+            })?;
         Ok(ServerConfig {
             listen,
             max_body_bytes,
             tls,
             admin_key_sha256,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            auth_failures_per_minute,
         })
     }
 }
@@ -572,12 +615,42 @@ impl RawUpstream {
         if let Some(path) = &self.ca_file {
             crate::tls::load_certs(path, "upstream.ca_file")?;
         }
+        let max_requests_per_second = self
+            .max_requests_per_second
+            .map(|rps| {
+                NonZeroU32::new(rps).ok_or_else(|| {
+                    ConfigError::new(
+                        "upstream.max_requests_per_second",
+                        "must be greater than 0 (leave it out for no limit)",
+                    )
+                })
+            })
+            .transpose()?;
+        let queue_timeout = Duration::from_millis(self.queue_timeout_ms);
+        if queue_timeout > MAX_QUEUE_TIMEOUT {
+            return Err(ConfigError::new(
+                "upstream.queue_timeout_ms",
+                format!("must be at most {}", MAX_QUEUE_TIMEOUT.as_millis()),
+            ));
+        }
+        let max_in_flight = usize::try_from(self.max_in_flight)
+            .ok()
+            .filter(|n| (1..=MAX_IN_FLIGHT).contains(n))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "upstream.max_in_flight",
+                    format!("must be between 1 and {MAX_IN_FLIGHT}"),
+                )
+            })?;
         Ok(UpstreamConfig {
             base_url,
             api_key_env: self.api_key_env,
             api_key,
             timeout: Duration::from_millis(self.timeout_ms),
             ca_file: self.ca_file,
+            max_requests_per_second,
+            queue_timeout,
+            max_in_flight,
         })
     }
 }
@@ -693,6 +766,56 @@ mod tests {
         assert_eq!(c.clients[0].allowed_namespaces, vec!["ns_a".to_string()]);
         assert_eq!(c.cache.terminal_statuses.len(), 5);
         assert_eq!(c.coalesce.list_ttl, Duration::ZERO);
+        assert_eq!(c.server.auth_failures_per_minute.get(), 30);
+        assert_eq!(c.upstream.max_requests_per_second, None);
+        assert_eq!(c.upstream.queue_timeout, Duration::from_secs(2));
+        assert_eq!(c.upstream.max_in_flight, 256);
+    }
+
+    #[test]
+    fn limit_keys_parse_and_bad_values_name_the_key() {
+        let text = format!(
+            "[server]\nauth_failures_per_minute = 5\n[upstream]\nmax_requests_per_second = 2\n\
+             queue_timeout_ms = 0\nmax_in_flight = 8\n{}",
+            minimal()
+        );
+        let c = Config::from_toml(&text, env).unwrap();
+        assert_eq!(c.server.auth_failures_per_minute.get(), 5);
+        assert_eq!(c.upstream.max_requests_per_second.map(|n| n.get()), Some(2));
+        assert_eq!(c.upstream.queue_timeout, Duration::ZERO);
+        assert_eq!(c.upstream.max_in_flight, 8);
+        for (table, line, key) in [
+            (
+                "server",
+                "auth_failures_per_minute = 0",
+                "server.auth_failures_per_minute",
+            ),
+            (
+                "upstream",
+                "max_requests_per_second = 0",
+                "upstream.max_requests_per_second",
+            ),
+            ("upstream", "max_in_flight = 0", "upstream.max_in_flight"),
+            (
+                "upstream",
+                "max_in_flight = 99999999",
+                "upstream.max_in_flight",
+            ),
+            (
+                "upstream",
+                "queue_timeout_ms = 99999999999",
+                "upstream.queue_timeout_ms",
+            ),
+            (
+                "upstream",
+                "queue_timeout_ms = -1",
+                "upstream.queue_timeout_ms",
+            ),
+        ] {
+            let text = format!("[{table}]\n{line}\n{}", minimal());
+            let err = Config::from_toml(&text, env).unwrap_err();
+            assert_eq!(err.key, key, "{line}: {err}");
+        }
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub enum GatewayError {
     NotFound,
     /// 413: the request body is larger than `server.max_body_bytes`.
     PayloadTooLarge,
+    /// 429: a rate limit or the upstream quota guard refused the request.
+    RateLimited {
+        /// The message, naming the client when one is known.
+        message: String,
+        /// `Retry-After` in whole seconds, at least 1.
+        retry_after_secs: u64,
+    },
     /// 502: upstream unreachable, reset, or answered garbage.
     BadGateway(String),
     /// 504: upstream slower than `upstream.timeout_ms`.
@@ -49,6 +56,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -63,6 +71,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::NotFound => "not_found",
             GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::GatewayTimeout => "gateway_timeout",
             GatewayError::Internal(_) => "internal_error",
@@ -88,11 +97,22 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, GatewayError::Unauthorized(_)) {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"mixpeek-gateway\""),
-            );
+        match self {
+            GatewayError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"mixpeek-gateway\""),
+                );
+            }
+            GatewayError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after_secs).max(1)),
+                );
+            }
+            _ => {}
         }
         response
     }
@@ -106,6 +126,7 @@ impl fmt::Display for GatewayError {
             GatewayError::Forbidden(why) => f.write_str(why),
             GatewayError::NotFound => f.write_str("not found"),
             GatewayError::PayloadTooLarge => f.write_str("request body too large"),
+            GatewayError::RateLimited { message, .. } => f.write_str(message),
             GatewayError::BadGateway(why) => write!(f, "upstream unavailable: {why}"),
             GatewayError::GatewayTimeout => f.write_str("upstream timed out"),
             GatewayError::Internal(why) => write!(f, "internal gateway error: {why}"),
@@ -157,7 +178,15 @@ where
             if response.status() == StatusCode::PAYLOAD_TOO_LARGE
                 && !response.headers().contains_key(&X_CACHE) =>
         {
-            GatewayError::PayloadTooLarge.into_response()
+            // Keep what layers below added (rate-limit headers); only the
+            // body and its type are replaced.
+            let mut ours = GatewayError::PayloadTooLarge.into_response();
+            for (name, value) in response.headers() {
+                if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                    ours.headers_mut().append(name, value.clone());
+                }
+            }
+            ours
         }
         Ok(response) => response.map(body::boxed),
         Err(error) => {
@@ -198,6 +227,25 @@ mod tests {
             classify(other.as_ref()),
             GatewayError::BadGateway(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn rate_limited_carries_retry_after_of_at_least_one_second() {
+        let limited = |secs| GatewayError::RateLimited {
+            message: "rate limit exceeded for client search-team".into(),
+            retry_after_secs: secs,
+        };
+        let response = limited(3).into_response();
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["error"]["type"], "rate_limited");
+        assert_eq!(
+            value["error"]["message"],
+            "rate limit exceeded for client search-team"
+        );
+        assert_eq!(limited(0).into_response().headers()["retry-after"], "1");
     }
 
     #[test]

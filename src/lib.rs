@@ -4,8 +4,8 @@
 //! A request reads top to bottom through these modules:
 //! [`server`] accepts it, [`stack`] is the tower middleware chain,
 //! [`guard`] rejects malformed requests, [`auth`] identifies the client,
-//! [`namespace`] decides the effective namespace, and [`upstream`] forwards
-//! it. [`endpoints`] answers the reserved `/_gateway/` routes and [`error`]
+//! [`limits`] applies rate limits, [`namespace`] decides the effective
+//! namespace, and [`upstream`] forwards it. [`endpoints`] answers the reserved `/_gateway/` routes and [`error`]
 //! turns every failure into Mixpeek's error body. [`sim`] is a simulated
 //! Mixpeek API used by `demo`, the tests and the benchmarks.
 #![forbid(unsafe_code)]
@@ -21,6 +21,7 @@ pub mod demo;
 pub mod endpoints;
 pub mod error;
 pub mod guard;
+pub mod limits;
 pub mod metrics;
 pub mod namespace;
 pub mod observe;

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
 use crate::error;
 use crate::guard::RequestGuard;
+use crate::limits::{AuthFailureGuardLayer, ClientLimitLayer, Limits, UpstreamGuardLayer};
 use crate::metrics::Metrics;
 use crate::namespace::ResolveNamespace;
 use crate::observe::ObserveLayer;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub cache: Arc<CacheState>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Rate limits, the upstream quota guard and their counters.
+    pub limits: Arc<Limits>,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
             config.clients.iter().cloned(),
         )));
         let cache = CacheState::new(&config);
+        let limits = Limits::new(&config);
         let metrics = Arc::new(Metrics::new(cache.clone()));
         let config = Arc::new(config);
         let reloader = Arc::new(Reloader::new(path, config.clone(), clients.clone()));
@@ -79,6 +83,7 @@ impl AppState {
             upstream,
             readiness: Readiness::new(),
             cache,
+            limits,
         })
     }
 }
@@ -127,12 +132,20 @@ where
             clients: state.clients.clone(),
             started: state.started,
         }))
+        // A peer IP with too many 401s gets 429 before its key is even looked at.
+        .layer(AuthFailureGuardLayer::new(
+            state.limits.auth_failures.clone(),
+        ))
         // Who is calling; strips the client's own Authorization.
         .layer(FilterLayer::new(Authenticate::new(state.clients.clone())))
+        // The client's rate_limit on every authenticated request (cache hits too).
+        .layer(ClientLimitLayer::new(state.limits.clients.clone()))
         // Which namespace the request acts in (403 outside the allowed set).
         .layer(FilterLayer::new(ResolveNamespace))
         // Terminal execution details from memory; identical calls coalesced.
         .layer(CacheLayer::new(state.cache.clone()))
+        // Only calls that really go upstream spend the organisation's quota.
+        .layer(UpstreamGuardLayer::new(state.limits.upstream.clone()))
         // upstream.timeout_ms until the response head: 504.
         .layer(TimeoutLayer::new(state.config.upstream.timeout))
         .service(state.upstream.clone())

@@ -8,14 +8,22 @@
 //! effective namespace as `X-Namespace`, and sends it over a pooled
 //! HTTP/1.1 + HTTP/2 (ALPN) client. Both bodies stream: nothing is buffered,
 //! so Server-Sent Events pass event by event.
+//!
+//! A `GET` or `HEAD` without a body whose connection failed before any
+//! response byte — connect error, or a (pooled) connection closed or reset
+//! under it — is retried once, on a fresh connection, after a short
+//! jittered backoff. Nothing else is retried: a `POST` may have been acted
+//! on even if no answer came back.
 
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderMap, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -42,7 +50,16 @@ struct Target {
     api_key: ApiKey,
     /// Longest silence allowed between two frames of a response body.
     body_idle: Duration,
+    /// A client that never reuses a connection, for retries.
+    fresh: HttpClient,
+    /// Retries made.
+    retries: AtomicU64,
 }
+
+/// Least time before a retry.
+const RETRY_BACKOFF: Duration = Duration::from_millis(25);
+/// Random extra time before a retry, up to this many milliseconds.
+const RETRY_JITTER_MS: u64 = 50;
 
 /// The service that forwards a request to the Mixpeek API.
 ///
@@ -92,6 +109,9 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .build(https.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(https);
         Ok(Self {
             client: Arc::new(client),
@@ -101,8 +121,15 @@ impl Upstream {
                 prefix,
                 api_key: config.api_key.clone(),
                 body_idle: config.timeout,
+                fresh,
+                retries: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Upstream calls retried after a connection failure.
+    pub fn retries(&self) -> u64 {
+        self.target.retries.load(Ordering::Relaxed)
     }
 
     /// Turns a client's request into the request sent upstream.
@@ -159,25 +186,109 @@ impl tower::Service<Request<Body>> for Upstream {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match self.build_request(request) {
-            Ok(request) => {
-                let body_idle = self.target.body_idle;
-                let context = request.extensions().get::<Arc<RequestContext>>().cloned();
-                let started = Instant::now();
-                self.client
-                    .request(request)
-                    .map(move |result| {
-                        if let Some(context) = context {
-                            let status = result.as_ref().map_or(0, |r| r.status().as_u16());
-                            context.set_upstream(status, started.elapsed());
-                        }
-                        finish(result, body_idle)
-                    })
-                    .boxed()
+        let request = match self.build_request(request) {
+            Ok(request) => request,
+            Err(error) => return future::ready(Err(error.into())).boxed(),
+        };
+        let body_idle = self.target.body_idle;
+        let context = request.extensions().get::<Arc<RequestContext>>().cloned();
+        let started = Instant::now();
+        let record = move |result: &Result<Response<Incoming>, legacy::Error>| {
+            if let Some(context) = &context {
+                let status = result.as_ref().map_or(0, |r| r.status().as_u16());
+                context.set_upstream(status, started.elapsed());
             }
-            Err(error) => future::ready(Err(error.into())).boxed(),
+        };
+        let Some(replay) = Replay::of(&request) else {
+            return self
+                .client
+                .request(request)
+                .map(move |result| {
+                    record(&result);
+                    finish(result, body_idle)
+                })
+                .boxed();
+        };
+        let first = self.client.request(request);
+        let target = self.target.clone();
+        async move {
+            let result = match first.await {
+                Err(error) if retryable(&error) => {
+                    target.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%error, "upstream connection failed before a response; retrying once");
+                    tokio::time::sleep(backoff()).await;
+                    target.fresh.request(replay.into_request()).await
+                }
+                result => result,
+            };
+            record(&result);
+            finish(result, body_idle)
         }
+        .boxed()
     }
+}
+
+/// What it takes to send a bodiless `GET` or `HEAD` again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// Only `GET` and `HEAD` with an empty body are ever replayed.
+    fn of(request: &Request<Body>) -> Option<Self> {
+        let idempotent = matches!(*request.method(), Method::GET | Method::HEAD);
+        let empty = http_body::Body::size_hint(request.body()).exact() == Some(0);
+        (idempotent && empty).then(|| Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn into_request(self) -> Request<Body> {
+        let mut request = Request::new(body::empty());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
+/// True when the call failed before upstream sent any response byte, in a
+/// way a new connection may fix: the connection could not be made, or it
+/// was closed or reset before the response began.
+fn retryable(error: &legacy::Error) -> bool {
+    if error.is_connect() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(err) = source {
+        if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
+            if hyper.is_incomplete_message() || hyper.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// A short pause with jitter, so that retries after a shared failure do not
+/// arrive together.
+fn backoff() -> Duration {
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    RETRY_BACKOFF + Duration::from_millis(random % RETRY_JITTER_MS)
 }
 
 /// Prepares an upstream response for the client: hop-by-hop headers out,
@@ -236,6 +347,9 @@ mod tests {
             api_key: ApiKey::new("sk_real").unwrap(),
             timeout: Duration::from_secs(1),
             ca_file: None,
+            max_requests_per_second: None,
+            queue_timeout: Duration::from_secs(2),
+            max_in_flight: 256,
         };
         Upstream::new(&config).unwrap()
     }
@@ -277,6 +391,37 @@ mod tests {
         for gone in ["host", "connection", "x-secret-hop", "keep-alive"] {
             assert!(h.get(gone).is_none(), "{gone}");
         }
+    }
+
+    #[test]
+    fn only_bodiless_get_and_head_are_replayable() {
+        let request = |method: Method, body: Body| {
+            Request::builder()
+                .method(method)
+                .uri("http://u/v1/x")
+                .header("x-namespace", "ns")
+                .body(body)
+                .unwrap()
+        };
+        let replay = Replay::of(&request(Method::GET, body::empty())).unwrap();
+        let again = replay.into_request();
+        assert_eq!(again.method(), Method::GET);
+        assert_eq!(again.uri(), "http://u/v1/x");
+        assert_eq!(again.headers()["x-namespace"], "ns");
+        assert!(Replay::of(&request(Method::HEAD, body::full(""))).is_some());
+        assert!(Replay::of(&request(Method::GET, body::full("x"))).is_none());
+        assert!(Replay::of(&request(Method::POST, body::empty())).is_none());
+        assert!(Replay::of(&request(Method::DELETE, body::empty())).is_none());
+    }
+
+    #[test]
+    fn backoff_is_short_and_jittered() {
+        let waits: Vec<Duration> = (0..20).map(|_| backoff()).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= RETRY_BACKOFF
+                && *w < RETRY_BACKOFF + Duration::from_millis(RETRY_JITTER_MS)));
+        assert!(waits.iter().any(|w| *w != waits[0]));
     }
 
     #[tokio::test]

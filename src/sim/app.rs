@@ -68,45 +68,47 @@ impl Sim {
         let response = match body {
             Err(error) => body_error(error.is::<LengthLimitError>()),
             Ok(_) if !authorized(&parts.headers, &self.config.api_key) => respond::unauthorized(),
-            Ok(body) => {
-                let query = parts.uri.query();
-                let ns = namespace(&parts.headers, query);
-                let config = &self.config;
-                let state = &self.state;
-                match route {
-                    Route::AdhocDetail { id } => {
-                        executions::respond(state, config.complete_after, &ns, None, &id)
-                    }
-                    Route::RetrieverDetail { retriever_id, id } => executions::respond(
-                        state,
-                        config.complete_after,
-                        &ns,
-                        Some(&retriever_id),
-                        &id,
-                    ),
-                    Route::AdhocList => list::respond(&ns, None, query, &body),
-                    Route::RetrieverList { retriever_id } => {
-                        list::respond(&ns, Some(&retriever_id), query, &body)
-                    }
-                    Route::AdhocExecute => execute::respond(state, config, &ns, None, &body),
-                    Route::RetrieverExecute { retriever_id } => {
-                        execute::respond(state, config, &ns, Some(&retriever_id), &body)
-                    }
-                    Route::Echo => echo::respond(
-                        &parts.method,
-                        &parts.uri,
-                        parts.headers.get(CONTENT_TYPE),
-                        &ns,
-                        body,
-                    ),
-                }
-            }
+            Ok(body) => match self.config.throttle.take() {
+                Some(seconds) => respond::too_many_requests(seconds),
+                None => self.answer(&parts, route, body),
+            },
         };
 
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
         }
         response
+    }
+
+    /// The answer of an authorized request.
+    fn answer(&self, parts: &http::request::Parts, route: Route, body: Bytes) -> Response<SimBody> {
+        let query = parts.uri.query();
+        let ns = namespace(&parts.headers, query);
+        let config = &self.config;
+        let state = &self.state;
+        match route {
+            Route::AdhocDetail { id } => {
+                executions::respond(state, config.complete_after, &ns, None, &id)
+            }
+            Route::RetrieverDetail { retriever_id, id } => {
+                executions::respond(state, config.complete_after, &ns, Some(&retriever_id), &id)
+            }
+            Route::AdhocList => list::respond(&ns, None, query, &body),
+            Route::RetrieverList { retriever_id } => {
+                list::respond(&ns, Some(&retriever_id), query, &body)
+            }
+            Route::AdhocExecute => execute::respond(state, config, &ns, None, &body),
+            Route::RetrieverExecute { retriever_id } => {
+                execute::respond(state, config, &ns, Some(&retriever_id), &body)
+            }
+            Route::Echo => echo::respond(
+                &parts.method,
+                &parts.uri,
+                parts.headers.get(CONTENT_TYPE),
+                &ns,
+                body,
+            ),
+        }
     }
 }
 
@@ -181,6 +183,22 @@ mod tests {
         assert_eq!(a["status"], "completed");
         assert_ne!(a["inputs_hash"], b["inputs_hash"]);
         assert!(b["query_summary"].as_str().unwrap().contains("ns_b"));
+        assert_eq!(sim.state.count("GET /v1/retrievers/executions/{id}"), 2);
+    }
+
+    #[tokio::test]
+    async fn throttle_answers_the_next_request_429_once() {
+        let config = SimConfig::new(KEY);
+        let throttle = config.throttle.clone();
+        let sim = Sim::new(config);
+        let uri = "/v1/retrievers/executions/exec_1";
+        throttle.next_with_retry_after(2);
+        let limited = sim.handle(request(Method::GET, uri, None, "")).await;
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()["retry-after"], "2");
+        assert_eq!(json(limited).await["error"]["type"], "RateLimitError");
+        let next = sim.handle(request(Method::GET, uri, None, "")).await;
+        assert_eq!(next.status(), StatusCode::OK);
         assert_eq!(sim.state.count("GET /v1/retrievers/executions/{id}"), 2);
     }
 

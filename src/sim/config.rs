@@ -1,6 +1,7 @@
 //! How the simulated API behaves: its API key and its timing knobs.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,30 @@ pub struct SimConfig {
     /// If set, a streamed execution acquires (and forgets) one permit before
     /// each event after the first, so a test controls when the rest is sent.
     pub sse_gate: Option<Arc<Semaphore>>,
+    /// Makes the simulator answer 429 on demand, like the real API when
+    /// the organisation's quota is spent.
+    pub throttle: Throttle,
+}
+
+/// A switch a test flips to make the simulator answer its next request
+/// 429 with `Retry-After`. Clones share the switch.
+#[derive(Clone, Debug, Default)]
+pub struct Throttle(Arc<AtomicU64>);
+
+impl Throttle {
+    /// The next request (one only) is answered 429 with
+    /// `Retry-After: <seconds>`.
+    pub fn next_with_retry_after(&self, seconds: u64) {
+        self.0.store(seconds.max(1), Ordering::Release);
+    }
+
+    /// Takes the pending 429, if any: its `Retry-After` seconds.
+    pub(crate) fn take(&self) -> Option<u64> {
+        match self.0.swap(0, Ordering::AcqRel) {
+            0 => None,
+            seconds => Some(seconds),
+        }
+    }
 }
 
 impl SimConfig {
@@ -44,6 +69,7 @@ impl SimConfig {
             complete_after: Duration::ZERO,
             sse_interval: Duration::from_millis(50),
             sse_gate: None,
+            throttle: Throttle::default(),
         }
     }
 }
@@ -57,6 +83,7 @@ impl fmt::Debug for SimConfig {
             .field("complete_after", &self.complete_after)
             .field("sse_interval", &self.sse_interval)
             .field("sse_gate", &self.sse_gate.is_some())
+            .field("throttle", &self.throttle)
             .finish()
     }
 }

@@ -19,7 +19,8 @@
 //!
 //! Every other request is echoed back (body, content type, and `X-Echo-*`
 //! headers for method, raw path, raw query and namespace). Every request
-//! needs `Authorization: Bearer <api_key>`, else 401. The namespace is the
+//! needs `Authorization: Bearer <api_key>`, else 401. A test can make the
+//! next request answer 429 with `Retry-After` ([`Throttle`]). The namespace is the
 //! `X-Namespace` header, else `?namespace=`, else `default`, and every body
 //! differs per namespace.
 //!
@@ -54,6 +55,6 @@ mod server;
 mod state;
 mod stream;
 
-pub use config::SimConfig;
+pub use config::{SimConfig, Throttle};
 pub use server::{run, spawn, SimHandle};
 pub use state::SeenRequest;

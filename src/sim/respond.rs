@@ -71,6 +71,20 @@ pub(crate) fn error(status: StatusCode, message: &str, kind: &str) -> Response<S
     with_type(status, "application/json", full(bytes))
 }
 
+/// 429 with `Retry-After`, as the API answers when the quota is spent.
+pub(crate) fn too_many_requests(retry_after_secs: u64) -> Response<SimBody> {
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Rate limit exceeded",
+        "RateLimitError",
+    );
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(retry_after_secs),
+    );
+    response
+}
+
 /// 401 for a missing or wrong API key.
 pub(crate) fn unauthorized() -> Response<SimBody> {
     error(

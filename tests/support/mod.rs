@@ -83,8 +83,20 @@ impl Harness {
 
     /// A sim built from `sim_config` and a gateway with extra config lines.
     pub async fn with(sim_config: SimConfig, server_extra: &str, upstream_extra: &str) -> Self {
+        Self::with_config(sim_config, server_extra, upstream_extra, |_| {}).await
+    }
+
+    /// Like [`Harness::with`], with `edit` applied to the parsed config
+    /// (e.g. to give a client a `rate_limit`).
+    pub async fn with_config(
+        sim_config: SimConfig,
+        server_extra: &str,
+        upstream_extra: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
         let sim = start_sim(sim_config).await;
-        let config = config(&config_toml(&sim.base_url(), server_extra, upstream_extra));
+        let mut config = config(&config_toml(&sim.base_url(), server_extra, upstream_extra));
+        edit(&mut config);
         let gateway = server::spawn(config).await.unwrap();
         let client = TestClient::new(gateway.url());
         Self {
