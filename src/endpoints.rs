@@ -157,7 +157,7 @@ impl Endpoints {
             &self.cache,
             &self.metrics,
             labels,
-            None,
+            self.metrics.upstream_paused_for(),
         );
         let mut response = Response::new(body::full(figures.html()));
         let headers = response.headers_mut();
@@ -316,6 +316,7 @@ mod tests {
         let toml = "[[clients]]\nname = \"a\"\nnamespace = \"ns\"\nkey_sha256 = \"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\"\n";
         let config = crate::config::Config::from_toml(toml, |_| Some("k".into())).unwrap();
         let cache = CacheState::new(&config);
+        let limits = crate::limits::Limits::new(&config);
         let config = Arc::new(config);
         let clients: Clients = Arc::new(arc_swap::ArcSwap::from_pointee(
             crate::auth::ClientRegistry::new(config.clients.iter().cloned()),
@@ -323,9 +324,14 @@ mod tests {
         let endpoints = Endpoints {
             readiness,
             admin_key_sha256: None,
-            metrics: Arc::new(Metrics::new(cache.clone())),
+            metrics: Arc::new(Metrics::new(cache.clone(), limits.clone())),
             cache,
-            reloader: Arc::new(Reloader::new(None, config, clients.clone())),
+            reloader: Arc::new(Reloader::new(
+                None,
+                config.clone(),
+                clients.clone(),
+                limits.clients.clone(),
+            )),
             clients,
             started: Instant::now(),
         };

@@ -5,8 +5,9 @@
 //! are four words, statuses are HTTP codes. No label holds a key, a path,
 //! an id or a namespace.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -17,6 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::cache::CacheState;
+use crate::limits::{LimitMetrics, Limits};
 
 /// A client name as a label value, shared rather than copied per request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -191,12 +193,22 @@ pub struct Metrics {
     cache_bytes: Gauge,
     cache_evictions: Counter,
     evictions_seen: AtomicU64,
+    guard_paused: Gauge,
+    guard_in_flight: Gauge,
+    guard_waiting: Gauge,
+    guard_queued: Counter,
+    guard_queue_wait: Counter<f64, AtomicU64>,
+    guard_pauses: Counter,
+    /// Last values read from the limit counters, to add only the growth.
+    limits_seen: Mutex<HashMap<(Option<String>, &'static str), u64>>,
     cache: Arc<CacheState>,
+    limits: Arc<Limits>,
 }
 
 impl Metrics {
-    /// Registers every metric; cache figures are read from `cache` at scrape time.
-    pub fn new(cache: Arc<CacheState>) -> Self {
+    /// Registers every metric; cache and limit figures are read from
+    /// `cache` and `limits` at scrape time.
+    pub fn new(cache: Arc<CacheState>, limits: Arc<Limits>) -> Self {
         let mut registry = Registry::with_prefix("mixpeek_gateway");
         let requests = Family::default();
         registry.register(
@@ -284,6 +296,42 @@ impl Metrics {
             "Entries evicted to stay within cache.max_bytes",
             cache_evictions.clone(),
         );
+        let guard_paused = Gauge::default();
+        registry.register(
+            "upstream_paused_seconds",
+            "Seconds left of a pause of all upstream calls after an upstream 429 (0: not paused)",
+            guard_paused.clone(),
+        );
+        let guard_in_flight = Gauge::default();
+        registry.register(
+            "upstream_in_flight",
+            "Upstream calls running (bounded by upstream.max_in_flight)",
+            guard_in_flight.clone(),
+        );
+        let guard_waiting = Gauge::default();
+        registry.register(
+            "upstream_queue_waiting",
+            "Calls waiting for the upstream quota guard",
+            guard_waiting.clone(),
+        );
+        let guard_queued = Counter::default();
+        registry.register(
+            "upstream_queued",
+            "Upstream calls that had to wait for the quota guard",
+            guard_queued.clone(),
+        );
+        let guard_queue_wait = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "upstream_queue_wait_seconds",
+            "Total time upstream calls waited for the quota guard",
+            guard_queue_wait.clone(),
+        );
+        let guard_pauses = Counter::default();
+        registry.register(
+            "upstream_pauses",
+            "Pauses of all upstream calls started by an upstream 429",
+            guard_pauses.clone(),
+        );
         Self {
             registry,
             requests,
@@ -301,7 +349,15 @@ impl Metrics {
             cache_bytes,
             cache_evictions,
             evictions_seen: AtomicU64::new(0),
+            guard_paused,
+            guard_in_flight,
+            guard_waiting,
+            guard_queued,
+            guard_queue_wait,
+            guard_pauses,
+            limits_seen: Mutex::new(HashMap::new()),
             cache,
+            limits,
         }
     }
 
@@ -371,11 +427,50 @@ impl Metrics {
         )
     }
 
-    /// A request was refused by a rate limit.
-    pub fn rate_limited(&self, client: ClientLabel, reason: &'static str) {
-        self.rate_limited
-            .get_or_create(&LimitLabels { client, reason })
-            .inc();
+    /// Brings the limit counters (kept by the limit layers) into the registry.
+    fn read_limits(&self) {
+        let limits = &self.limits;
+        let mut seen = self
+            .limits_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (client, reason, count) in limits.metrics.snapshot() {
+            let key = (client.map(str::to_string), reason.as_str());
+            let before = seen.insert(key, count).unwrap_or(0);
+            let client = client.map_or_else(ClientLabel::anonymous, |c| ClientLabel(Arc::from(c)));
+            self.rate_limited
+                .get_or_create(&LimitLabels {
+                    client,
+                    reason: reason.as_str(),
+                })
+                .inc_by(count.saturating_sub(before));
+        }
+        let metrics = &limits.metrics;
+        let mut delta = |key: &'static str, now: u64| {
+            let before = seen.insert((None, key), now).unwrap_or(0);
+            now.saturating_sub(before)
+        };
+        self.guard_queued
+            .inc_by(delta("~queued", LimitMetrics::get(&metrics.queued)));
+        let waited = delta("~queue_wait", LimitMetrics::get(&metrics.queue_wait_micros));
+        self.guard_queue_wait.inc_by(waited as f64 / 1e6);
+        self.guard_pauses
+            .inc_by(delta("~pauses", LimitMetrics::get(&metrics.pauses)));
+        let upstream = &limits.upstream;
+        self.guard_paused.set(
+            upstream
+                .paused_for()
+                .map_or(0, |d| i64::try_from(d.as_secs().max(1)).unwrap_or(i64::MAX)),
+        );
+        self.guard_in_flight
+            .set(i64::try_from(upstream.in_flight()).unwrap_or(i64::MAX));
+        self.guard_waiting
+            .set(i64::try_from(upstream.waiting()).unwrap_or(i64::MAX));
+    }
+
+    /// Time left of a pause of upstream calls after an upstream 429.
+    pub fn upstream_paused_for(&self) -> Option<Duration> {
+        self.limits.upstream.paused_for()
     }
 
     /// The text exposition, with the cache figures read now.
@@ -388,6 +483,7 @@ impl Metrics {
         let evictions = store.evictions();
         let seen = self.evictions_seen.swap(evictions, Ordering::Relaxed);
         self.cache_evictions.inc_by(evictions.saturating_sub(seen));
+        self.read_limits();
         let mut out = String::with_capacity(8 * 1024);
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(%error, "metrics encoding failed");

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::ClientRegistry;
 use crate::config::{Config, ConfigError};
+use crate::limits::SharedClientLimits;
 
 /// The clients in force, swappable while requests read them.
 pub type Clients = Arc<ArcSwap<ClientRegistry>>;
@@ -32,16 +33,23 @@ pub struct Reloader {
     path: Option<PathBuf>,
     running: Arc<Config>,
     clients: Clients,
+    limits: SharedClientLimits,
 }
 
 impl Reloader {
     /// `path` is `None` when the config did not come from a file (demo,
     /// tests): reloading is then refused.
-    pub fn new(path: Option<PathBuf>, running: Arc<Config>, clients: Clients) -> Self {
+    pub fn new(
+        path: Option<PathBuf>,
+        running: Arc<Config>,
+        clients: Clients,
+        limits: SharedClientLimits,
+    ) -> Self {
         Self {
             path,
             running,
             clients,
+            limits,
         }
     }
 
@@ -55,6 +63,9 @@ impl Reloader {
             clients: fresh.clients.len(),
             restart_required: restart_required(&self.running, &fresh),
         };
+        // Limits first: a new client is never let through unlimited.
+        self.limits
+            .store(Arc::new(self.limits.load().reloaded(&fresh.clients)));
         self.clients
             .store(Arc::new(ClientRegistry::new(fresh.clients.iter().cloned())));
         tracing::info!(

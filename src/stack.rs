@@ -71,9 +71,14 @@ impl AppState {
         )));
         let cache = CacheState::new(&config);
         let limits = Limits::new(&config);
-        let metrics = Arc::new(Metrics::new(cache.clone()));
+        let metrics = Arc::new(Metrics::new(cache.clone(), limits.clone()));
         let config = Arc::new(config);
-        let reloader = Arc::new(Reloader::new(path, config.clone(), clients.clone()));
+        let reloader = Arc::new(Reloader::new(
+            path,
+            config.clone(),
+            clients.clone(),
+            limits.clients.clone(),
+        ));
         Ok(Self {
             metrics,
             config,

@@ -131,7 +131,7 @@ async fn cache_hits_count_against_the_client_limit() {
     for _ in 0..5 {
         assert_eq!(h.client.get(path, "not-a-key").await.status, 401);
     }
-    assert_eq!(h.gateway.state.limits.clients.len(), 1);
+    assert_eq!(h.gateway.state.limits.clients.load().len(), 1);
 }
 
 #[tokio::test]
@@ -390,4 +390,67 @@ async fn post_is_never_retried() {
         .assert_error(502, "bad_gateway");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
     assert_eq!(gateway.state.upstream.retries(), 0);
+}
+
+/// Scrapes `/_gateway/metrics` once.
+async fn scrape(client: &TestClient) -> String {
+    String::from_utf8(client.get("/_gateway/metrics", "").await.body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn limits_show_in_metrics_and_on_the_status_page() {
+    let h = search_limited(1, 1).await;
+    assert_eq!(
+        h.client.get("/v1/collections", SEARCH_KEY).await.status,
+        200
+    );
+    assert_eq!(
+        h.client.get("/v1/collections", SEARCH_KEY).await.status,
+        429
+    );
+    h.client
+        .get("/v1/collections", "wrong")
+        .await
+        .assert_error(401, "unauthorized");
+    let text = scrape(&h.client).await;
+    assert!(
+        text.contains(
+            r#"mixpeek_gateway_rate_limited_total{client="search-team",reason="client_limit"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("mixpeek_gateway_upstream_paused_seconds 0"),
+        "{text}"
+    );
+    // Scraping twice does not count twice.
+    let again = scrape(&h.client).await;
+    assert!(again.contains(
+        r#"mixpeek_gateway_rate_limited_total{client="search-team",reason="client_limit"} 1"#
+    ));
+}
+
+#[tokio::test]
+async fn status_page_and_metrics_show_an_upstream_pause() {
+    let sim = SimConfig::new(REAL_KEY);
+    let throttle = sim.throttle.clone();
+    let h = Harness::with(sim, "", "").await;
+    throttle.next_with_retry_after(30);
+    assert_eq!(
+        h.client.get("/v1/collections", SEARCH_KEY).await.status,
+        429
+    );
+    let page = String::from_utf8(h.client.get("/_gateway/status", "").await.body.to_vec()).unwrap();
+    assert!(page.contains("paused by upstream 429"), "{page}");
+    let text = scrape(&h.client).await;
+    let paused: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mixpeek_gateway_upstream_paused_seconds "))
+        .and_then(|v| v.parse().ok())
+        .expect("pause gauge");
+    assert!((1..=30).contains(&paused), "{paused}");
+    assert!(
+        text.contains("mixpeek_gateway_upstream_pauses_total 1"),
+        "{text}"
+    );
 }

@@ -264,3 +264,37 @@ async fn status_page_needs_the_admin_key_when_one_is_set() {
         200
     );
 }
+
+#[tokio::test]
+async fn reload_applies_rate_limits_and_keeps_unchanged_ones() {
+    std::env::set_var("TEST_MIXPEEK_API_KEY", REAL_KEY);
+    let sim = start_sim(SimConfig::new(REAL_KEY)).await;
+    let path = config_file(
+        "limits.toml",
+        &sim.base_url(),
+        "127.0.0.1:0",
+        &[("search-team", SEARCH_KEY, "ns_search")],
+    );
+    let gateway = mixpeek_gateway::server::spawn_from_file(&path)
+        .await
+        .unwrap();
+    let client = TestClient::new(gateway.url());
+    for _ in 0..5 {
+        assert_eq!(client.get("/v1/collections", SEARCH_KEY).await.status, 200);
+    }
+    // Give search-team a limit of 1 request per minute-ish (1 rps, burst 1).
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("rate_limit = { requests_per_second = 1, burst = 1 }\n");
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(reload(&client, ADMIN_KEY).await.status, 200);
+    assert_eq!(client.get("/v1/collections", SEARCH_KEY).await.status, 200);
+    let limited = client.get("/v1/collections", SEARCH_KEY).await;
+    limited.assert_error(429, "rate_limited");
+    assert_eq!(limited.header("x-ratelimit-limit"), "1");
+    // Reloading the same file keeps the spent burst: still limited.
+    assert_eq!(reload(&client, ADMIN_KEY).await.status, 200);
+    client
+        .get("/v1/collections", SEARCH_KEY)
+        .await
+        .assert_error(429, "rate_limited");
+}

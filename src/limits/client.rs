@@ -28,6 +28,8 @@
 //! created at startup: no request, authenticated or not, creates any.
 
 use std::collections::HashMap;
+
+use arc_swap::ArcSwap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -64,6 +66,8 @@ type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationM
 
 /// One client's limiter and its fixed header values.
 struct ClientLimiter {
+    /// The configured limit, to tell on reload whether it changed.
+    config: RateLimit,
     gcra: Gcra,
     clock: DefaultClock,
     burst: u32,
@@ -81,6 +85,7 @@ impl ClientLimiter {
         let interval = quota.replenish_interval();
         let window = ceil_secs(interval * burst).max(1);
         Self {
+            config: limit,
             gcra: RateLimiter::direct_with_clock(quota, clock.clone())
                 .with_middleware::<StateInformationMiddleware>(),
             clock,
@@ -174,9 +179,11 @@ enum Decision {
     },
 }
 
-/// The limiters of the clients that have a `rate_limit`, built once.
+/// The limiters of the clients that have a `rate_limit`. Rebuilt on a
+/// config reload ([`ClientLimits::reloaded`]), keeping the state of every
+/// client whose limit did not change.
 pub struct ClientLimits {
-    limiters: HashMap<String, ClientLimiter>,
+    limiters: HashMap<String, Arc<ClientLimiter>>,
     metrics: Arc<LimitMetrics>,
 }
 
@@ -196,9 +203,30 @@ impl ClientLimits {
     ) -> Self {
         let limiters = clients
             .into_iter()
-            .filter_map(|c| Some((c.name.clone(), ClientLimiter::new(c.rate_limit?))))
+            .filter_map(|c| Some((c.name.clone(), Arc::new(ClientLimiter::new(c.rate_limit?)))))
             .collect();
         Self { limiters, metrics }
+    }
+
+    /// The limiters for a reloaded client list: a client whose name and
+    /// `rate_limit` are unchanged keeps its limiter (and so its spent
+    /// burst); new or changed limits start fresh; removed clients go.
+    pub fn reloaded<'a>(&self, clients: impl IntoIterator<Item = &'a ClientConfig>) -> Self {
+        let limiters = clients
+            .into_iter()
+            .filter_map(|c| {
+                let limit = c.rate_limit?;
+                let limiter = match self.limiters.get(&c.name) {
+                    Some(old) if old.config == limit => old.clone(),
+                    _ => Arc::new(ClientLimiter::new(limit)),
+                };
+                Some((c.name.clone(), limiter))
+            })
+            .collect();
+        Self {
+            limiters,
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// How many limiters exist: one per limited client, never more.
@@ -220,15 +248,18 @@ impl ClientLimits {
     }
 }
 
+/// The client limits in force, swapped on reload.
+pub type SharedClientLimits = Arc<ArcSwap<ClientLimits>>;
+
 /// Layer for [`ClientLimit`].
 #[derive(Clone, Debug)]
 pub struct ClientLimitLayer {
-    limits: Arc<ClientLimits>,
+    limits: SharedClientLimits,
 }
 
 impl ClientLimitLayer {
-    /// Enforces `limits`.
-    pub fn new(limits: Arc<ClientLimits>) -> Self {
+    /// Enforces the limits in force.
+    pub fn new(limits: SharedClientLimits) -> Self {
         Self { limits }
     }
 }
@@ -249,7 +280,7 @@ impl<S> Layer<S> for ClientLimitLayer {
 #[derive(Clone, Debug)]
 pub struct ClientLimit<S> {
     inner: S,
-    limits: Arc<ClientLimits>,
+    limits: SharedClientLimits,
 }
 
 impl<S, B> Service<Request<B>> for ClientLimit<S>
@@ -268,7 +299,7 @@ where
         let decision = request
             .extensions()
             .get::<AuthenticatedClient>()
-            .and_then(|client| self.limits.check(&client.0.name));
+            .and_then(|client| self.limits.load().check(&client.0.name));
         match decision {
             None => ResponseFuture::inner(self.inner.call(request), None),
             Some(Decision::Allowed(headers)) => {
@@ -366,12 +397,44 @@ mod tests {
         }
     }
 
-    fn limits(clients: &[ClientConfig]) -> (Arc<ClientLimits>, Arc<LimitMetrics>) {
+    fn limits(clients: &[ClientConfig]) -> (SharedClientLimits, Arc<LimitMetrics>) {
         let metrics = Arc::new(LimitMetrics::new(clients.iter().map(|c| c.name.as_str())));
         (
-            Arc::new(ClientLimits::new(clients, metrics.clone())),
+            Arc::new(ArcSwap::from_pointee(ClientLimits::new(
+                clients,
+                metrics.clone(),
+            ))),
             metrics,
         )
+    }
+
+    #[test]
+    fn reload_keeps_state_of_unchanged_limits_only() {
+        let a = client("team-a", Some((1, 2)));
+        let b = client("team-b", Some((1, 2)));
+        let (limits, _) = limits(&[a.clone(), b.clone()]);
+        let old = limits.load();
+        // Spend team-a's burst.
+        for _ in 0..2 {
+            assert!(matches!(old.check("team-a"), Some(Decision::Allowed(_))));
+        }
+        assert!(matches!(
+            old.check("team-a"),
+            Some(Decision::Limited { .. })
+        ));
+        let changed_b = client("team-b", Some((5, 5)));
+        let new_c = client("team-c", Some((1, 1)));
+        let fresh = old.reloaded([&a, &changed_b, &new_c]);
+        // Unchanged: still spent. Changed and new: fresh. Removed: none.
+        assert!(matches!(
+            fresh.check("team-a"),
+            Some(Decision::Limited { .. })
+        ));
+        assert!(matches!(fresh.check("team-b"), Some(Decision::Allowed(_))));
+        assert!(matches!(fresh.check("team-c"), Some(Decision::Allowed(_))));
+        assert_eq!(fresh.len(), 3);
+        let without = fresh.reloaded([&a]);
+        assert!(without.check("team-b").is_none());
     }
 
     fn request(client: Option<&ClientConfig>) -> Request<()> {
@@ -384,7 +447,7 @@ mod tests {
         request
     }
 
-    async fn call(limits: &Arc<ClientLimits>, request: Request<()>) -> Response<Body> {
+    async fn call(limits: &SharedClientLimits, request: Request<()>) -> Response<Body> {
         let inner =
             service_fn(|_: Request<()>| async { Ok::<_, BoxError>(Response::new(body::empty())) });
         ClientLimitLayer::new(limits.clone())
@@ -422,7 +485,7 @@ mod tests {
     async fn unlimited_and_unauthenticated_requests_pass_without_headers() {
         let free = client("free", None);
         let (limits, _) = limits(&[free.clone(), client("x", Some((1, 1)))]);
-        assert_eq!(limits.len(), 1);
+        assert_eq!(limits.load().len(), 1);
         for _ in 0..5 {
             for request in [request(Some(&free)), request(None)] {
                 let response = call(&limits, request).await;
@@ -431,7 +494,7 @@ mod tests {
             }
         }
         // No request created limiter state.
-        assert_eq!(limits.len(), 1);
+        assert_eq!(limits.load().len(), 1);
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ pub mod state;
 pub mod upstream;
 
 pub use auth_failures::{AuthFailureGuardLayer, AuthFailures};
-pub use client::{ClientLimitLayer, ClientLimits};
+pub use client::{ClientLimitLayer, ClientLimits, SharedClientLimits};
 pub use metrics::{LimitMetrics, Reason};
 pub use state::Limits;
 pub use upstream::{UpstreamGuard, UpstreamGuardLayer};

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use super::auth_failures::{AuthFailures, DEFAULT_CAPACITY};
-use super::client::ClientLimits;
+use arc_swap::ArcSwap;
+
+use super::client::{ClientLimits, SharedClientLimits};
 use super::metrics::LimitMetrics;
 use super::upstream::UpstreamGuard;
 use crate::config::Config;
@@ -12,8 +14,8 @@ use crate::config::Config;
 /// The limiters, the guards and their counters.
 #[derive(Debug)]
 pub struct Limits {
-    /// Per-client rate limits.
-    pub clients: Arc<ClientLimits>,
+    /// Per-client rate limits, swapped on reload.
+    pub clients: SharedClientLimits,
     /// Failed authentications per peer IP.
     pub auth_failures: Arc<AuthFailures>,
     /// The upstream quota guard and its pause.
@@ -29,7 +31,10 @@ impl Limits {
             config.clients.iter().map(|c| c.name.as_str()),
         ));
         Arc::new(Self {
-            clients: Arc::new(ClientLimits::new(&config.clients, metrics.clone())),
+            clients: Arc::new(ArcSwap::from_pointee(ClientLimits::new(
+                &config.clients,
+                metrics.clone(),
+            ))),
             auth_failures: Arc::new(AuthFailures::new(
                 config.server.auth_failures_per_minute,
                 DEFAULT_CAPACITY,
