@@ -6,6 +6,10 @@ use http::HeaderValue;
 /// The `X-Cache` header name.
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
+/// `X-Cache-Tier: L2` marks a hit served from the shared (Redis) tier; a
+/// hit without it came from this replica's memory.
+pub static X_CACHE_TIER: HeaderName = HeaderName::from_static("x-cache-tier");
+
 /// The values of `X-Cache` in the public interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {

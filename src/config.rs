@@ -73,6 +73,34 @@ pub struct Config {
     pub coalesce: CoalesceConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[redis]`: shared state across replicas; `None` without a `url`.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `[redis]`: what several replicas share through Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS through rustls).
+    pub url: String,
+    /// Prefix of every key the gateway writes.
+    pub key_prefix: String,
+    /// Longest wait for any Redis call before the replica works alone.
+    pub timeout: Duration,
+    /// Lifetime of a cross-replica flight lease.
+    pub lease: Duration,
+    /// What the per-client limits do while Redis is unavailable.
+    pub rate_limit_fail_mode: FailMode,
+}
+
+/// Rate limiting while Redis is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Enforce each replica's own limiter.
+    #[default]
+    Local,
+    /// Let requests through.
+    Open,
 }
 
 /// `[log]`: how request logs are written.
@@ -232,6 +260,64 @@ struct RawFile {
     cache: RawCache,
     coalesce: RawCoalesce,
     log: RawLog,
+    redis: Option<RawRedis>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: String,
+    #[serde(default = "default_redis_prefix")]
+    key_prefix: String,
+    #[serde(default = "default_redis_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_redis_lease_ms")]
+    lease_ms: u64,
+    #[serde(default)]
+    rate_limit_fail_mode: FailMode,
+}
+
+fn default_redis_prefix() -> String {
+    "mixpeek-gateway:".into()
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    100
+}
+
+fn default_redis_lease_ms() -> u64 {
+    5_000
+}
+
+impl RawRedis {
+    fn validate(self) -> Result<RedisConfig, ConfigError> {
+        if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "redis.url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if redis::Client::open(self.url.as_str()).is_err() {
+            // The message could echo a password in the URL: keep it generic.
+            return Err(ConfigError::new("redis.url", "is not a valid Redis URL"));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "redis.timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.lease_ms < 100 {
+            return Err(ConfigError::new("redis.lease_ms", "must be at least 100"));
+        }
+        Ok(RedisConfig {
+            url: self.url,
+            key_prefix: self.key_prefix,
+            timeout: Duration::from_millis(self.timeout_ms),
+            lease: Duration::from_millis(self.lease_ms),
+            rate_limit_fail_mode: self.rate_limit_fail_mode,
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -416,6 +502,21 @@ impl Config {
             "coalesce:        list_ttl {} ms",
             self.coalesce.list_ttl.as_millis()
         );
+        let _ = writeln!(
+            out,
+            "redis:           {}",
+            match &self.redis {
+                // Never the URL: it may hold a password.
+                Some(r) => format!(
+                    "on (prefix {:?}, timeout {} ms, lease {} ms, limits fail {:?})",
+                    r.key_prefix,
+                    r.timeout.as_millis(),
+                    r.lease.as_millis(),
+                    r.rate_limit_fail_mode
+                ),
+                None => "off".into(),
+            }
+        );
         let _ = writeln!(out, "clients:         {}", self.clients.len());
         for c in &self.clients {
             let limit = match c.rate_limit {
@@ -523,6 +624,7 @@ impl RawFile {
             log: LogConfig {
                 format: self.log.format,
             },
+            redis: self.redis.map(RawRedis::validate).transpose()?,
         })
     }
 }

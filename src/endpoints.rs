@@ -201,7 +201,7 @@ impl Endpoints {
         rest: Option<String>,
     ) -> Result<Response<Body>, BoxError> {
         let Some(rest) = rest else {
-            self.cache.clear();
+            self.cache.clear().await;
             tracing::info!("admin: cache cleared");
             return Ok(json(StatusCode::OK, r#"{"status":"ok","cleared":"all"}"#));
         };

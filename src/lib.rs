@@ -28,6 +28,7 @@ pub mod observe;
 pub mod reload;
 pub mod request_id;
 pub mod server;
+pub mod shared;
 pub mod sim;
 pub mod stack;
 pub mod status;

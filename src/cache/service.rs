@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http::request::Parts;
-use http::{header, HeaderMap, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
@@ -45,11 +45,12 @@ use super::policy;
 use super::route::{self, Route};
 use super::store::{Entry, Store};
 use crate::body::{self, Body, BoxError};
-use crate::cache_status::{CacheStatus, X_CACHE};
+use crate::cache_status::{CacheStatus, X_CACHE, X_CACHE_TIER};
 use crate::config::Config;
 use crate::error::{classify, GatewayError};
 use crate::namespace::EffectiveNamespace;
 use crate::observe::RequestContext;
+use crate::shared::{Lease, Shared, SharedEntry, Waited};
 
 /// Largest response body shared between coalesced requests or cached
 /// (16 MiB). Larger ones stream to the request that fetched them.
@@ -72,6 +73,8 @@ struct SharedResponse {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    /// Answered by another replica's upstream call (through Redis).
+    remote: bool,
 }
 
 /// Response headers that belong to the request that made the call, not to
@@ -124,9 +127,12 @@ pub struct CacheState {
     flights: Arc<Flights<CacheKey, Outcome>>,
     terminal_statuses: Vec<String>,
     list_ttl: Duration,
+    detail_ttl: Duration,
     timeout: Duration,
     share_limit: AtomicUsize,
     generations: Generations,
+    /// The second tier and cross-replica flights, when `[redis]` is set.
+    pub shared: Option<Arc<Shared>>,
 }
 
 /// Invalidation generations: a flight records its namespace's generation
@@ -183,6 +189,17 @@ impl CacheState {
             timeout: config.upstream.timeout,
             share_limit: AtomicUsize::new(SHARE_LIMIT),
             generations: Generations::default(),
+            detail_ttl: config.cache.ttl,
+            shared: config
+                .redis
+                .as_ref()
+                .and_then(|redis| match Shared::start(redis) {
+                    Ok(shared) => Some(shared),
+                    Err(error) => {
+                        tracing::error!(%error, "redis disabled: cannot use redis.url");
+                        None
+                    }
+                }),
         })
     }
 
@@ -205,21 +222,35 @@ impl CacheState {
     }
 
     /// Drops the whole cache (admin API).
-    pub fn clear(&self) {
+    pub async fn clear(&self) {
         self.generations.bump_all();
         self.store.clear();
+        if let Some(shared) = &self.shared {
+            shared.bump_epoch(None).await;
+        }
     }
 
     /// Drops one execution detail (admin API); true when it was cached.
     pub async fn drop_detail(&self, namespace: &str, path: &str) -> bool {
         self.generations.bump(namespace);
-        self.store
-            .remove(&CacheKey::detail(namespace, path.to_string()))
-            .await
+        let key = CacheKey::detail(namespace, path.to_string());
+        if let Some(shared) = &self.shared {
+            shared.delete_entry(&key).await;
+        }
+        self.store.remove(&key).await
     }
 
     async fn invalidate(&self, namespace: &str, path: &str, exact_detail: bool) {
         self.generations.bump(namespace);
+        if let Some(shared) = &self.shared {
+            if exact_detail {
+                shared
+                    .delete_entry(&CacheKey::detail(namespace, path.to_string()))
+                    .await;
+            } else {
+                shared.bump_epoch(Some(namespace)).await;
+            }
+        }
         if exact_detail {
             self.store.invalidate_exact(namespace, path).await;
         } else {
@@ -353,6 +384,19 @@ async fn detail<B>(
             bump(&state.metrics.hits);
             return Ok(entry.to_response());
         }
+        if let Some(shared) = &state.shared {
+            if let Some(found) = shared.get_entry(&key).await {
+                bump(&state.metrics.hits);
+                bump(&shared.metrics.l2_hits);
+                let entry = Entry::new(found.status, found.content_type, found.body);
+                state.store.insert(key, entry.clone()).await;
+                let mut response = entry.to_response();
+                response
+                    .headers_mut()
+                    .insert(X_CACHE_TIER.clone(), HeaderValue::from_static("L2"));
+                return Ok(response);
+            }
+        }
     }
     // A GET's body means nothing to these routes; it is not forwarded.
     let (parts, _body) = request.into_parts();
@@ -474,7 +518,6 @@ async fn coalesce(
             }
         }
         Joined::Leader(leader) => {
-            bump(&state.metrics.misses);
             let outcome = leader.waiter();
             let (handoff, handed_off) = oneshot::channel();
             let request = upstream_request(parts, body);
@@ -484,7 +527,8 @@ async fn coalesce(
             // disconnect) can cancel the call the others are waiting for.
             tokio::spawn(async move {
                 flight_state.metrics.upstream_call(class);
-                let result = fly(&flight_state, make_inner(), request, kind, key, generation).await;
+                let result =
+                    fly_shared(&flight_state, make_inner, request, kind, key, generation).await;
                 let outcome = match result {
                     Fetched::Shared(response) => Outcome::Shared(response),
                     Fetched::Failed(error) => Outcome::Failed(error),
@@ -497,7 +541,14 @@ async fn coalesce(
                 leader.finish(outcome);
             });
             match outcome.wait().await {
-                Some(Outcome::Shared(response)) => Ok(response.to_response(CacheStatus::Miss)),
+                Some(Outcome::Shared(response)) if response.remote => {
+                    bump(&state.metrics.coalesced);
+                    Ok(response.to_response(CacheStatus::Coalesced))
+                }
+                Some(Outcome::Shared(response)) => {
+                    bump(&state.metrics.misses);
+                    Ok(response.to_response(CacheStatus::Miss))
+                }
                 Some(Outcome::Failed(error)) => Err(error.into()),
                 Some(Outcome::Unshareable) => handed_off.await.map_err(|_| {
                     GatewayError::Internal("oversized response was not handed over").into()
@@ -514,6 +565,85 @@ enum Fetched {
     Shared(Arc<SharedResponse>),
     Failed(GatewayError),
     TooLarge(Response<Body>),
+}
+
+/// A flight across replicas: with `[redis]` set, only the replica holding
+/// the key's lease calls upstream and publishes the answer; the others wait
+/// for it. Without Redis (or while it is unavailable) this is [`fly`].
+async fn fly_shared(
+    state: &CacheState,
+    make_inner: MakeInner,
+    request: Request<Body>,
+    kind: Kind,
+    key: CacheKey,
+    generation: (u64, u64),
+) -> Fetched {
+    let Some(shared) = state.shared.as_deref() else {
+        return fly(state, make_inner(), request, kind, key, generation).await;
+    };
+    let deadline = tokio::time::Instant::now() + state.timeout;
+    let epochs = match kind {
+        Kind::Detail => shared.epochs(&key.namespace).await,
+        Kind::List => None,
+    };
+    loop {
+        match shared.try_lease(&key).await {
+            Lease::Unavailable => {
+                shared.fell_back();
+                return fly(state, make_inner(), request, kind, key, generation).await;
+            }
+            Lease::Acquired(token) => {
+                let fetched =
+                    fly(state, make_inner(), request, kind, key.clone(), generation).await;
+                if let Fetched::Shared(response) = &fetched {
+                    let entry = SharedEntry {
+                        status: response.status,
+                        content_type: response.headers.get(header::CONTENT_TYPE).cloned(),
+                        body: response.body.clone(),
+                    };
+                    let storable = kind == Kind::Detail
+                        && state.storable(kind, response.status, &response.body);
+                    if let (true, Some(epochs)) = (storable, epochs) {
+                        shared
+                            .put_entry(&key, &entry, state.detail_ttl, epochs)
+                            .await;
+                    }
+                    shared.publish(&key, &token, &entry).await;
+                }
+                shared.release(&key, &token).await;
+                return fetched;
+            }
+            Lease::Held(token) => match shared.wait(&key, &token, deadline).await {
+                Waited::Answer(entry) => {
+                    let unchanged = state.generations.current(&key.namespace) == generation;
+                    if unchanged && state.storable(kind, entry.status, &entry.body) {
+                        let local = Entry::new(
+                            entry.status,
+                            entry.content_type.clone(),
+                            entry.body.clone(),
+                        );
+                        state.store.insert(key, local).await;
+                    }
+                    let mut headers = HeaderMap::new();
+                    if let Some(content_type) = entry.content_type {
+                        headers.insert(header::CONTENT_TYPE, content_type);
+                    }
+                    return Fetched::Shared(Arc::new(SharedResponse {
+                        status: entry.status,
+                        headers,
+                        body: entry.body,
+                        remote: true,
+                    }));
+                }
+                Waited::LeaseGone => continue,
+                Waited::Unavailable => {
+                    shared.fell_back();
+                    return fly(state, make_inner(), request, kind, key, generation).await;
+                }
+                Waited::TimedOut => return Fetched::Failed(GatewayError::GatewayTimeout),
+            },
+        }
+    }
 }
 
 /// The upstream call of a flight: fetch, buffer, store if allowed.
@@ -553,6 +683,7 @@ async fn fly(
         status: parts.status,
         headers: parts.headers,
         body: bytes,
+        remote: false,
     }))
 }
 
@@ -639,6 +770,7 @@ mod tests {
         headers.insert("set-cookie", "a=b".parse().unwrap());
         headers.insert("content-type", "application/json".parse().unwrap());
         let shared = SharedResponse {
+            remote: false,
             status: StatusCode::OK,
             headers,
             body: Bytes::new(),
