@@ -99,6 +99,7 @@ pub struct Shared {
     token_seed: u64,
     token_counter: AtomicU64,
     release: redis::Script,
+    gcra: redis::Script,
     /// Counters.
     pub metrics: SharedMetrics,
 }
@@ -134,6 +135,7 @@ impl Shared {
             release: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
             ),
+            gcra: redis::Script::new(GCRA_SCRIPT),
             metrics: SharedMetrics::default(),
         });
         let timeout = config.timeout;
@@ -449,6 +451,72 @@ impl Shared {
         }
     }
 }
+
+/// One GCRA step in Redis for a shared per-client limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraStep {
+    /// The request may pass.
+    pub allowed: bool,
+    /// Requests left in the burst after this one.
+    pub remaining: u32,
+    /// When refused: time until one request would pass.
+    pub wait: Duration,
+    /// Time until the whole burst is back.
+    pub reset: Duration,
+}
+
+impl Shared {
+    /// Evaluates the client's limit atomically in Redis (one script: no
+    /// read-modify-write race between replicas), on Redis's own clock.
+    /// `None` when Redis is unavailable.
+    pub async fn gcra(&self, client: &str, interval: Duration, burst: u32) -> Option<GcraStep> {
+        let mut conn = self.connection()?;
+        let key = format!(
+            "{}r:{}",
+            self.prefix,
+            hex::encode(Sha256::digest(client.as_bytes()))
+        );
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let (allowed, remaining, wait_us, reset_us): (i64, i64, i64, i64) = self
+            .call(
+                self.gcra
+                    .key(&key)
+                    .arg(interval_us)
+                    .arg(burst)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        Some(GcraStep {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            wait: us(wait_us),
+            reset: us(reset_us),
+        })
+    }
+}
+
+/// GCRA on a theoretical arrival time (TAT) kept in one key, timed by
+/// Redis's clock so that every replica agrees.
+const GCRA_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat - interval * (burst - 1)
+if now < allow_at then
+  return {0, 0, allow_at - now, tat - now}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1000)
+local remaining = math.floor((now - (new_tat - burst * interval)) / interval)
+if remaining < 0 then remaining = 0 end
+return {1, remaining, 0, new_tat - now}
+";
 
 const FORMAT: u8 = 1;
 

@@ -144,7 +144,17 @@ where
         // Who is calling; strips the client's own Authorization.
         .layer(FilterLayer::new(Authenticate::new(state.clients.clone())))
         // The client's rate_limit on every authenticated request (cache hits too).
-        .layer(ClientLimitLayer::new(state.limits.clients.clone()))
+        .layer(
+            ClientLimitLayer::new(state.limits.clients.clone()).shared(
+                state.cache.shared.clone(),
+                state
+                    .config
+                    .redis
+                    .as_ref()
+                    .map(|r| r.rate_limit_fail_mode)
+                    .unwrap_or_default(),
+            ),
+        )
         // Which namespace the request acts in (403 outside the allowed set).
         .layer(FilterLayer::new(ResolveNamespace))
         // Terminal execution details from memory; identical calls coalesced.

@@ -321,3 +321,64 @@ async fn losing_redis_keeps_both_replicas_serving_and_shared_mode_comes_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_client_limit_holds_across_replicas() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let sim = start_sim(SimConfig::new(REAL_KEY)).await;
+    let prefix = format!(
+        "test-limit-{}-{}:",
+        std::process::id(),
+        closed_port().await.port()
+    );
+    let toml = config_toml(&sim.base_url(), "", "").replace(
+        "namespace = \"ns_search\"\n",
+        "namespace = \"ns_search\"\nrate_limit = { requests_per_second = 5, burst = 5 }\n",
+    ) + &format!(
+        "\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+        redis.url
+    );
+    let a = server::spawn(config(&toml)).await.unwrap();
+    let b = server::spawn(config(&toml)).await.unwrap();
+    for gateway in [&a, &b] {
+        let shared = gateway.state.cache.shared.clone().unwrap();
+        let started = Instant::now();
+        while shared
+            .get_entry(&CacheKey::detail("p", "/p".into()))
+            .await
+            .is_none()
+            && !shared.is_healthy()
+        {
+            assert!(started.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (ca, cb) = (TestClient::new(a.url()), TestClient::new(b.url()));
+    ca.warm(15).await;
+    cb.warm(15).await;
+    let started = Instant::now();
+    let replies = join_all((0..30).map(|i| {
+        if i % 2 == 0 {
+            ca.get("/v1/collections", SEARCH_KEY)
+        } else {
+            cb.get("/v1/collections", SEARCH_KEY)
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    // One burst of 5 for both replicas together (plus what refilled meanwhile),
+    // not 5 each.
+    let refilled = (elapsed.as_secs_f64() * 5.0).ceil() as usize;
+    assert!(ok >= 5 && ok <= 5 + refilled, "{ok} passed in {elapsed:?}");
+    assert!(ok < 10, "the limit was multiplied by the replicas: {ok}");
+    for reply in &limited {
+        assert!(reply.header("retry-after").parse::<u64>().unwrap() >= 1);
+        assert_eq!(reply.header("x-ratelimit-limit"), "5");
+        assert!(!reply.header("ratelimit-policy").is_empty());
+    }
+    assert_eq!(ok + limited.len(), 30);
+}

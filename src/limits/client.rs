@@ -30,6 +30,7 @@
 use std::collections::HashMap;
 
 use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -48,8 +49,9 @@ use tower::{Layer, Service};
 use super::metrics::{LimitMetrics, Reason};
 use crate::auth::AuthenticatedClient;
 use crate::body::{Body, BoxError};
-use crate::config::{ClientConfig, RateLimit};
+use crate::config::{ClientConfig, FailMode, RateLimit};
 use crate::error::{self, GatewayError};
+use crate::shared::Shared;
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -246,6 +248,41 @@ impl ClientLimits {
         }
         Some(decision)
     }
+
+    /// Like `check`, with the limit shared by every replica through Redis;
+    /// while Redis is unavailable, `fail_mode` decides.
+    async fn check_shared(
+        &self,
+        shared: &Shared,
+        fail_mode: FailMode,
+        client: &str,
+    ) -> Option<Decision> {
+        let limiter = self.limiters.get(client)?;
+        let step = shared.gcra(client, limiter.interval, limiter.burst).await;
+        let decision = match step {
+            Some(step) if step.allowed => Decision::Allowed(
+                limiter.headers(step.remaining.min(limiter.burst), ceil_secs(step.reset)),
+            ),
+            Some(step) => Decision::Limited {
+                headers: limiter.headers(0, ceil_secs(step.reset)),
+                error: GatewayError::RateLimited {
+                    message: format!("rate limit exceeded for client {client}"),
+                    retry_after_secs: ceil_secs(step.wait).max(1),
+                },
+            },
+            None => {
+                shared.fell_back();
+                match fail_mode {
+                    FailMode::Local => limiter.check(client),
+                    FailMode::Open => Decision::Allowed(limiter.headers(limiter.burst, 0)),
+                }
+            }
+        };
+        if matches!(decision, Decision::Limited { .. }) {
+            self.metrics.count(Some(client), Reason::ClientLimit);
+        }
+        Some(decision)
+    }
 }
 
 /// The client limits in force, swapped on reload.
@@ -255,12 +292,22 @@ pub type SharedClientLimits = Arc<ArcSwap<ClientLimits>>;
 #[derive(Clone, Debug)]
 pub struct ClientLimitLayer {
     limits: SharedClientLimits,
+    shared: Option<(Arc<Shared>, FailMode)>,
 }
 
 impl ClientLimitLayer {
-    /// Enforces the limits in force.
+    /// Enforces the limits in force, in this replica.
     pub fn new(limits: SharedClientLimits) -> Self {
-        Self { limits }
+        Self {
+            limits,
+            shared: None,
+        }
+    }
+
+    /// Enforces them across replicas through Redis when `shared` is set.
+    pub fn shared(mut self, shared: Option<Arc<Shared>>, fail_mode: FailMode) -> Self {
+        self.shared = shared.map(|shared| (shared, fail_mode));
+        self
     }
 }
 
@@ -271,6 +318,7 @@ impl<S> Layer<S> for ClientLimitLayer {
         ClientLimit {
             inner,
             limits: self.limits.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -281,11 +329,14 @@ impl<S> Layer<S> for ClientLimitLayer {
 pub struct ClientLimit<S> {
     inner: S,
     limits: SharedClientLimits,
+    shared: Option<(Arc<Shared>, FailMode)>,
 }
 
 impl<S, B> Service<Request<B>> for ClientLimit<S>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = BoxError>,
+    S: Service<Request<B>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -296,6 +347,23 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if let Some((shared, fail_mode)) = &self.shared {
+            let limits = self.limits.load_full();
+            let client = request
+                .extensions()
+                .get::<AuthenticatedClient>()
+                .filter(|client| limits.limiters.contains_key(&client.0.name))
+                .map(|client| client.0.clone());
+            if let Some(client) = client {
+                // The limit lives in Redis: decide there, then call inside.
+                let ready = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, ready);
+                let (shared, fail_mode) = (shared.clone(), *fail_mode);
+                return ResponseFuture::boxed(shared_call(
+                    limits, shared, fail_mode, client, inner, request,
+                ));
+            }
+        }
         let decision = request
             .extensions()
             .get::<AuthenticatedClient>()
@@ -314,6 +382,35 @@ where
     }
 }
 
+/// A request of a limited client when the limit is shared through Redis.
+fn shared_call<S, B>(
+    limits: Arc<ClientLimits>,
+    shared: Arc<Shared>,
+    fail_mode: FailMode,
+    client: Arc<ClientConfig>,
+    mut inner: S,
+    request: Request<B>,
+) -> BoxFuture<'static, Result<Response<Body>, BoxError>>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = BoxError> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    Box::pin(async move {
+        match limits.check_shared(&shared, fail_mode, &client.name).await {
+            Some(Decision::Limited { headers, error }) => {
+                let mut response = error.into_response();
+                headers.apply(response.headers_mut());
+                Ok(response)
+            }
+            Some(Decision::Allowed(headers)) => {
+                ResponseFuture::inner(inner.call(request), Some(headers)).await
+            }
+            None => inner.call(request).await,
+        }
+    })
+}
+
 pin_project! {
     /// The future of [`ClientLimit`]: the 429 at once, or the inner call
     /// with the headers added to whatever it answers.
@@ -328,6 +425,7 @@ pin_project! {
     enum Kind<F> {
         Early { response: Option<Response<Body>> },
         Inner { #[pin] future: F, headers: Option<QuotaHeaders> },
+        Boxed { future: BoxFuture<'static, Result<Response<Body>, BoxError>> },
     }
 }
 
@@ -345,6 +443,12 @@ impl<F> ResponseFuture<F> {
             kind: Kind::Inner { future, headers },
         }
     }
+
+    fn boxed(future: BoxFuture<'static, Result<Response<Body>, BoxError>>) -> Self {
+        Self {
+            kind: Kind::Boxed { future },
+        }
+    }
 }
 
 impl<F> Future for ResponseFuture<F>
@@ -359,6 +463,7 @@ where
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Ready(Err(GatewayError::Internal("polled after completion").into())),
             },
+            KindProj::Boxed { future } => future.as_mut().poll(cx),
             KindProj::Inner { future, headers } => {
                 let result = std::task::ready!(future.poll(cx));
                 let Some(headers) = headers.take() else {
