@@ -199,6 +199,11 @@ pub struct Metrics {
     guard_queued: Counter,
     guard_queue_wait: Counter<f64, AtomicU64>,
     guard_pauses: Counter,
+    redis_up: Gauge,
+    redis_l2_hits: Counter,
+    redis_errors: Counter,
+    redis_fallbacks: Counter,
+    redis_remote_flights: Counter,
     /// Last values read from the limit counters, to add only the growth.
     limits_seen: Mutex<HashMap<(Option<String>, &'static str), u64>>,
     cache: Arc<CacheState>,
@@ -332,6 +337,36 @@ impl Metrics {
             "Pauses of all upstream calls started by an upstream 429",
             guard_pauses.clone(),
         );
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 while Redis answers (shared mode), 0 while this replica works alone; absent without [redis]",
+            redis_up.clone(),
+        );
+        let redis_l2_hits = Counter::default();
+        registry.register(
+            "cache_l2_hits",
+            "Local misses answered from the shared Redis tier",
+            redis_l2_hits.clone(),
+        );
+        let redis_errors = Counter::default();
+        registry.register(
+            "redis_errors",
+            "Redis calls that failed or timed out",
+            redis_errors.clone(),
+        );
+        let redis_fallbacks = Counter::default();
+        registry.register(
+            "redis_fallbacks",
+            "Decisions taken locally because Redis was unavailable",
+            redis_fallbacks.clone(),
+        );
+        let redis_remote_flights = Counter::default();
+        registry.register(
+            "remote_flights",
+            "Flights answered by another replica's upstream call",
+            redis_remote_flights.clone(),
+        );
         Self {
             registry,
             requests,
@@ -355,6 +390,11 @@ impl Metrics {
             guard_queued,
             guard_queue_wait,
             guard_pauses,
+            redis_up,
+            redis_l2_hits,
+            redis_errors,
+            redis_fallbacks,
+            redis_remote_flights,
             limits_seen: Mutex::new(HashMap::new()),
             cache,
             limits,
@@ -466,6 +506,20 @@ impl Metrics {
             .set(i64::try_from(upstream.in_flight()).unwrap_or(i64::MAX));
         self.guard_waiting
             .set(i64::try_from(upstream.waiting()).unwrap_or(i64::MAX));
+        if let Some(shared) = &self.cache.shared {
+            let m = &shared.metrics;
+            self.redis_up.set(i64::from(shared.is_healthy()));
+            self.redis_l2_hits
+                .inc_by(delta("~l2_hits", LimitMetrics::get(&m.l2_hits)));
+            self.redis_errors
+                .inc_by(delta("~redis_errors", LimitMetrics::get(&m.errors)));
+            self.redis_fallbacks
+                .inc_by(delta("~redis_fallbacks", LimitMetrics::get(&m.fallbacks)));
+            self.redis_remote_flights.inc_by(delta(
+                "~remote_flights",
+                LimitMetrics::get(&m.remote_flights),
+            ));
+        }
     }
 
     /// Time left of a pause of upstream calls after an upstream 429.

@@ -71,6 +71,9 @@ impl AppState {
         )));
         let cache = CacheState::new(&config);
         let limits = Limits::new(&config);
+        if let Some(shared) = &cache.shared {
+            limits.upstream.share_rate(shared.clone());
+        }
         let metrics = Arc::new(Metrics::new(cache.clone(), limits.clone()));
         let config = Arc::new(config);
         let reloader = Arc::new(Reloader::new(

@@ -305,6 +305,12 @@ async fn losing_redis_keeps_both_replicas_serving_and_shared_mode_comes_back() {
         .fallbacks
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(fallbacks >= 1);
+    let text = String::from_utf8(ca.get("/_gateway/metrics", "").await.body.to_vec()).unwrap();
+    assert!(text.contains("mixpeek_gateway_redis_up 0"), "{text}");
+    assert!(
+        !text.contains("mixpeek_gateway_redis_errors_total 0\n"),
+        "errors counted"
+    );
 
     // Redis back on the same port: shared mode returns by itself.
     assert!(redis.spawn().await);
@@ -320,6 +326,12 @@ async fn losing_redis_keeps_both_replicas_serving_and_shared_mode_comes_back() {
         assert!(Instant::now() < deadline, "shared mode never came back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let text = String::from_utf8(cb.get("/_gateway/metrics", "").await.body.to_vec()).unwrap();
+    assert!(text.contains("mixpeek_gateway_redis_up 1"), "{text}");
+    assert!(
+        !text.contains("mixpeek_gateway_cache_l2_hits_total 0\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -381,4 +393,76 @@ async fn a_client_limit_holds_across_replicas() {
         assert!(!reply.header("ratelimit-policy").is_empty());
     }
     assert_eq!(ok + limited.len(), 30);
+}
+
+#[tokio::test]
+async fn the_upstream_rate_guard_is_shared_by_replicas() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let sim = start_sim(SimConfig::new(REAL_KEY)).await;
+    let (a, b) = replicas(&redis, &sim, "").await;
+    drop((a, b));
+    // Same replicas, now with a gateway-wide 2 calls per second and no queue.
+    let prefix = format!(
+        "test-guard-{}-{}:",
+        std::process::id(),
+        closed_port().await.port()
+    );
+    let toml = config_toml(
+        &sim.base_url(),
+        "",
+        "max_requests_per_second = 2\nqueue_timeout_ms = 0",
+    ) + &format!(
+        "\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+        redis.url
+    );
+    let a = server::spawn(config(&toml)).await.unwrap();
+    let b = server::spawn(config(&toml)).await.unwrap();
+    for gateway in [&a, &b] {
+        let shared = gateway.state.cache.shared.clone().unwrap();
+        let started = Instant::now();
+        while shared
+            .get_entry(&CacheKey::detail("p", "/p".into()))
+            .await
+            .is_none()
+            && !shared.is_healthy()
+        {
+            assert!(started.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (ca, cb) = (TestClient::new(a.url()), TestClient::new(b.url()));
+    ca.warm(5).await;
+    cb.warm(5).await;
+    let before = sim.count("other");
+    let started = Instant::now();
+    let replies = join_all((0..10).map(|i| {
+        if i % 2 == 0 {
+            ca.get("/v1/collections", ADS_KEY)
+        } else {
+            cb.get("/v1/collections", ADS_KEY)
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let upstream = sim.count("other") - before;
+    let refilled = (elapsed.as_secs_f64() * 2.0).ceil() as u64;
+    assert!(
+        upstream >= 2 && upstream <= 2 + refilled,
+        "{upstream} calls in {elapsed:?}"
+    );
+    assert!(
+        upstream < 4,
+        "the guard was multiplied by the replicas: {upstream}"
+    );
+    assert_eq!(
+        replies.iter().filter(|r| r.status == 200).count() as u64,
+        upstream
+    );
+    assert!(replies.iter().filter(|r| r.status == 429).all(|r| r
+        .header("retry-after")
+        .parse::<u64>()
+        .unwrap()
+        >= 1));
 }

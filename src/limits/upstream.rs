@@ -39,6 +39,7 @@ use crate::auth::AuthenticatedClient;
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
+use crate::shared::Shared;
 
 /// Pause after an upstream 429 that names no (readable) `Retry-After`.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
@@ -55,6 +56,9 @@ struct RateGate {
     line: tokio::sync::Mutex<()>,
     waiting: AtomicUsize,
     interval: Duration,
+    burst: u32,
+    /// With `[redis]`: the gateway-wide rate is one for all replicas.
+    shared: std::sync::OnceLock<Arc<Shared>>,
 }
 
 impl RateGate {
@@ -67,12 +71,42 @@ impl RateGate {
             line: tokio::sync::Mutex::new(()),
             waiting: AtomicUsize::new(0),
             interval: quota.replenish_interval(),
+            burst: rps.get(),
+            shared: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The cell, taken from the rate all replicas share in Redis; `None`
+    /// when Redis is unavailable (the local gate decides).
+    async fn acquire_shared(
+        &self,
+        shared: &Shared,
+        deadline: Instant,
+    ) -> Option<Result<bool, Duration>> {
+        let mut waited = false;
+        loop {
+            let step = shared.gcra("~upstream", self.interval, self.burst).await?;
+            if step.allowed {
+                return Some(Ok(waited));
+            }
+            if Instant::now() + step.wait > deadline {
+                return Some(Err(step.wait));
+            }
+            let _waiting = Waiting::enter(&self.waiting);
+            waited = true;
+            tokio::time::sleep(step.wait).await;
         }
     }
 
     /// Takes a cell by `deadline` (true if it had to wait for it), else
     /// says how long to come back after.
     async fn acquire(&self, deadline: Instant) -> Result<bool, Duration> {
+        if let Some(shared) = self.shared.get() {
+            if let Some(decided) = self.acquire_shared(shared, deadline).await {
+                return decided;
+            }
+            shared.fell_back();
+        }
         if self.waiting.load(Ordering::Acquire) == 0 && self.gcra.check().is_ok() {
             return Ok(false);
         }
@@ -234,6 +268,14 @@ impl UpstreamGuard {
         match self.pause.remaining(Instant::now()) {
             Some(left) => Err(self.refuse(client, Reason::Upstream429, left)),
             None => Ok(()),
+        }
+    }
+
+    /// Shares `upstream.max_requests_per_second` with every replica through
+    /// Redis (set once at startup).
+    pub fn share_rate(&self, shared: Arc<Shared>) {
+        if let Some(rate) = &self.rate {
+            let _ = rate.shared.set(shared);
         }
     }
 
