@@ -668,10 +668,19 @@ async fn fly(
     };
     let unchanged = state.generations.current(&key.namespace) == generation;
     if state.storable(kind, parts.status, &bytes) && unchanged {
-        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+        // The body (when read in one frame) and every header value are
+        // slices of hyper's read buffer, which is several times larger:
+        // stored as they are, each entry would keep a whole buffer alive,
+        // unseen by the weigher. Copies at fill time keep the memory equal
+        // to what `cache.max_bytes` counts.
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+        let stored = Bytes::copy_from_slice(&bytes);
         state
             .store
-            .insert(key, Entry::new(parts.status, content_type, bytes.clone()))
+            .insert(key, Entry::new(parts.status, content_type, stored))
             .await;
     } else if kind == Kind::Detail
         && matches!(parts.status, StatusCode::NOT_FOUND | StatusCode::GONE)
