@@ -78,7 +78,7 @@ pub struct Config {
 }
 
 /// `[redis]`: what several replicas share through Redis.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://` or `rediss://` (TLS through rustls).
     pub url: String,
@@ -90,6 +90,19 @@ pub struct RedisConfig {
     pub lease: Duration,
     /// What the per-client limits do while Redis is unavailable.
     pub rate_limit_fail_mode: FailMode,
+}
+
+impl fmt::Debug for RedisConfig {
+    // The URL may carry a password: never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("lease", &self.lease)
+            .field("rate_limit_fail_mode", &self.rate_limit_fail_mode)
+            .finish()
+    }
 }
 
 /// Rate limiting while Redis is unavailable.
@@ -936,6 +949,19 @@ mod tests {
         let err = Config::from_toml(&format!("[server]\nlisten = \"nope\"\n{}", minimal()), env)
             .unwrap_err();
         assert_eq!(err.key, "server.listen");
+    }
+
+    #[test]
+    fn redis_url_never_printed() {
+        let text = format!(
+            "{}[redis]\nurl = \"redis://:s3cret@127.0.0.1:6379\"\n",
+            minimal()
+        );
+        let config = Config::from_toml(&text, env).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!config.summary().contains("s3cret"));
+        let bad = format!("{}[redis]\nurl = \"http://x\"\n", minimal());
+        assert_eq!(Config::from_toml(&bad, env).unwrap_err().key, "redis.url");
     }
 
     #[test]

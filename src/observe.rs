@@ -102,12 +102,27 @@ pub struct Observe<S> {
 
 /// What is known when the request starts.
 #[derive(Debug)]
-struct Pending {
+struct PendingState {
     context: Arc<RequestContext>,
     metrics: Arc<Metrics>,
     method: Method,
     request_id: Option<HeaderValue>,
     start: Instant,
+}
+
+/// A request not yet recorded. Dropped unrecorded — the client went away
+/// before the response head was ready — it is recorded as 499 (nginx's
+/// "client closed request"), so the in-flight gauge never drifts and the
+/// access log keeps the line.
+#[derive(Debug)]
+struct Pending(Option<PendingState>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            record(state, 499, CacheOutcome::None, false);
+        }
+    }
 }
 
 type Finish = Box<
@@ -133,13 +148,13 @@ where
         }
         request.extensions_mut().insert(context.clone());
         self.metrics.started();
-        let pending = Pending {
+        let pending = Pending(Some(PendingState {
             context,
             metrics: self.metrics.clone(),
             method: request.method().clone(),
             request_id: request.headers().get("x-request-id").cloned(),
             start: Instant::now(),
-        };
+        }));
         let finish: Finish = Box::new(move |result| {
             result.map(|response| {
                 let status = response.status().as_u16();
@@ -166,14 +181,23 @@ struct Done {
 }
 
 impl Done {
-    fn record(self, completed: bool) {
-        let Pending {
-            context,
-            metrics,
-            method,
-            request_id,
-            start,
-        } = self.pending;
+    fn record(mut self, completed: bool) {
+        if let Some(state) = self.pending.0.take() {
+            record(state, self.status, self.outcome, completed);
+        }
+    }
+}
+
+/// Writes the access line and updates the metrics for one request.
+fn record(state: PendingState, status: u16, outcome: CacheOutcome, completed: bool) {
+    let PendingState {
+        context,
+        metrics,
+        method,
+        request_id,
+        start,
+    } = state;
+    {
         let finished = Finished {
             client: context
                 .client
@@ -181,8 +205,8 @@ impl Done {
                 .cloned()
                 .unwrap_or_else(ClientLabel::anonymous),
             route: context.route(),
-            status: self.status,
-            outcome: self.outcome,
+            status,
+            outcome,
             upstream: context.upstream(),
             latency: start.elapsed(),
         };

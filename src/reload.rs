@@ -30,6 +30,8 @@ pub struct ReloadReport {
 /// Reloads the clients from the config file the gateway started with.
 #[derive(Debug)]
 pub struct Reloader {
+    /// One reload at a time (SIGHUP and the endpoint may race).
+    lock: std::sync::Mutex<()>,
     path: Option<PathBuf>,
     running: Arc<Config>,
     clients: Clients,
@@ -46,6 +48,7 @@ impl Reloader {
         limits: SharedClientLimits,
     ) -> Self {
         Self {
+            lock: std::sync::Mutex::new(()),
             path,
             running,
             clients,
@@ -58,6 +61,10 @@ impl Reloader {
         let path = self.path.as_ref().ok_or_else(|| {
             ConfigError::new("config", "this gateway was not started from a config file")
         })?;
+        let _one_at_a_time = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let fresh = Config::load(path)?;
         let report = ReloadReport {
             clients: fresh.clients.len(),
@@ -119,6 +126,35 @@ fn restart_required(running: &Config, fresh: &Config) -> Vec<&'static str> {
     }
     if running.coalesce.list_ttl != fresh.coalesce.list_ttl {
         keys.push("coalesce");
+    }
+    if a.shutdown_grace != b.shutdown_grace {
+        keys.push("server.shutdown_grace_ms");
+    }
+    if a.auth_failures_per_minute != b.auth_failures_per_minute {
+        keys.push("server.auth_failures_per_minute");
+    }
+    if u.max_requests_per_second != v.max_requests_per_second
+        || u.queue_timeout != v.queue_timeout
+        || u.max_in_flight != v.max_in_flight
+    {
+        keys.push("upstream (quota guard)");
+    }
+    if running.log.format != fresh.log.format {
+        keys.push("log.format");
+    }
+    let redis = |c: &Config| {
+        c.redis.as_ref().map(|r| {
+            (
+                r.url.clone(),
+                r.key_prefix.clone(),
+                r.timeout,
+                r.lease,
+                r.rate_limit_fail_mode,
+            )
+        })
+    };
+    if redis(running) != redis(fresh) {
+        keys.push("redis");
     }
     keys
 }

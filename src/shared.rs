@@ -96,9 +96,12 @@ pub struct Shared {
     start: Instant,
     closed_until_ms: AtomicU64,
     healthy: AtomicBool,
+    /// An invalidation was lost while Redis was unavailable.
+    missed_invalidation: AtomicBool,
     token_seed: u64,
     token_counter: AtomicU64,
     release: redis::Script,
+    renew: redis::Script,
     gcra: redis::Script,
     /// Counters.
     pub metrics: SharedMetrics,
@@ -126,14 +129,18 @@ impl Shared {
             timeout: config.timeout,
             lease: config.lease,
             start: Instant::now(),
-            closed_until_ms: AtomicU64::new(0),
+                        closed_until_ms: AtomicU64::new(0),
             healthy: AtomicBool::new(false),
+            missed_invalidation: AtomicBool::new(false),
             token_seed: std::collections::hash_map::RandomState::new()
                 .build_hasher()
                 .finish(),
             token_counter: AtomicU64::new(0),
             release: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+            ),
+                        renew: redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
             ),
             gcra: redis::Script::new(GCRA_SCRIPT),
             metrics: SharedMetrics::default(),
@@ -156,7 +163,11 @@ impl Shared {
                         return;
                     }
                     Err(error) => {
-                        tracing::debug!(%error, "redis not reachable yet");
+                        if delay == Duration::from_millis(100) {
+                            tracing::warn!(%error, "redis not reachable: this replica works alone until it is");
+                        } else {
+                            tracing::debug!(%error, "redis still not reachable");
+                        }
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }
@@ -178,8 +189,22 @@ impl Shared {
 
     /// The connection, unless Redis is known to be unavailable right now.
     fn connection(&self) -> Option<ConnectionManager> {
-        if self.now_ms() < self.closed_until_ms.load(Ordering::Relaxed) {
-            return None;
+        let until = self.closed_until_ms.load(Ordering::Relaxed);
+        if until != 0 {
+            let now = self.now_ms();
+            if now < until {
+                return None;
+            }
+            // The circuit's window is over: one call probes Redis, the
+            // others keep working alone until it has answered.
+            let probe_until = now + self.timeout.as_millis() as u64 + 1;
+            if self
+                .closed_until_ms
+                .compare_exchange(until, probe_until, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return None;
+            }
         }
         self.connection.load().as_deref().cloned()
     }
@@ -192,6 +217,7 @@ impl Shared {
     {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => {
+                self.closed_until_ms.store(0, Ordering::Relaxed);
                 if !self.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!("redis available: replicas share state");
                 }
@@ -251,6 +277,15 @@ impl Shared {
     /// invalidation epoch.
     pub async fn get_entry(&self, key: &CacheKey) -> Option<SharedEntry> {
         let mut conn = self.connection()?;
+        if self.missed_invalidation.load(Ordering::Acquire) {
+            // An invalidation could not reach Redis while it was down:
+            // retire every shared entry before trusting any of them again.
+            let (all, _) = self.epoch_keys("");
+            let _: u64 = self
+                .call(redis::cmd("INCR").arg(&all).query_async(&mut conn))
+                .await?;
+            self.missed_invalidation.store(false, Ordering::Release);
+        }
         let (all, ns) = self.epoch_keys(&key.namespace);
         let entry_key = format!("{}c:{}", self.prefix, Self::hash(key));
         let (value, epoch_all, epoch_ns): (Option<Vec<u8>>, Option<u64>, Option<u64>) = self
@@ -315,13 +350,17 @@ impl Shared {
     /// Retires every shared entry of `namespace` (or of all namespaces).
     pub async fn bump_epoch(&self, namespace: Option<&str>) {
         let Some(mut conn) = self.connection() else {
+            self.missed_invalidation.store(true, Ordering::Release);
             return;
         };
         let (all, ns) = self.epoch_keys(namespace.unwrap_or(""));
         let key = if namespace.is_some() { ns } else { all };
-        let _: Option<u64> = self
+        let bumped: Option<u64> = self
             .call(redis::cmd("INCR").arg(&key).query_async(&mut conn))
             .await;
+        if bumped.is_none() {
+            self.missed_invalidation.store(true, Ordering::Release);
+        }
     }
 
     fn token(&self) -> String {
@@ -390,6 +429,32 @@ impl Shared {
             .await;
     }
 
+    /// Renews the lease every third of its lifetime while the holder's
+    /// upstream call runs; never returns while the lease is ours (the
+    /// caller races it against the call).
+    pub async fn keep_lease(&self, key: &CacheKey, token: &str) {
+        let lease_key = format!("{}l:{}", self.prefix, Self::hash(key));
+        loop {
+            tokio::time::sleep(self.lease / 3).await;
+            let Some(mut conn) = self.connection() else {
+                continue;
+            };
+            let renewed: Option<i64> = self
+                .call(
+                    self.renew
+                        .key(&lease_key)
+                        .arg(token)
+                        .arg(self.lease.as_millis() as u64)
+                        .invoke_async(&mut conn),
+                )
+                .await;
+            if renewed == Some(0) {
+                // Taken over: let the call finish; it still answers locally.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Gives the lease back, if it is still ours.
     pub async fn release(&self, key: &CacheKey, token: &str) {
         let Some(mut conn) = self.connection() else {
@@ -452,6 +517,15 @@ impl Shared {
     }
 }
 
+/// Which shared rate a GCRA step spends.
+#[derive(Debug, Clone, Copy)]
+pub enum Bucket<'a> {
+    /// A client's `rate_limit`.
+    Client(&'a str),
+    /// `upstream.max_requests_per_second`, gateway-wide.
+    Upstream,
+}
+
 /// One GCRA step in Redis for a shared per-client limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GcraStep {
@@ -469,10 +543,25 @@ impl Shared {
     /// Evaluates the client's limit atomically in Redis (one script: no
     /// read-modify-write race between replicas), on Redis's own clock.
     /// `None` when Redis is unavailable.
-    pub async fn gcra(&self, client: &str, interval: Duration, burst: u32) -> Option<GcraStep> {
+    pub async fn gcra(
+        &self,
+        bucket: Bucket<'_>,
+        interval: Duration,
+        burst: u32,
+    ) -> Option<GcraStep> {
         let mut conn = self.connection()?;
+        let client = match bucket {
+            Bucket::Client(name) => name,
+            // Its own key space: no client name can collide with it.
+            Bucket::Upstream => "",
+        };
+        let kind = if matches!(bucket, Bucket::Upstream) {
+            "u"
+        } else {
+            "r"
+        };
         let key = format!(
-            "{}r:{}",
+            "{}{kind}:{}",
             self.prefix,
             hex::encode(Sha256::digest(client.as_bytes()))
         );

@@ -313,3 +313,36 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_client_gone_before_the_response_is_logged_as_499_and_leaves_no_in_flight_count() {
+    let mut sim = SimConfig::new(REAL_KEY);
+    sim.latency = Duration::from_millis(300);
+    let h = Harness::with(sim, "", "").await;
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+            .await
+            .unwrap();
+        let request = format!("GET /v1/collections HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {SEARCH_KEY}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while h.sim.count("other") == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        // Dropped here, before the upstream answers.
+    }
+    let text = scrape_until(&h.client, |t| {
+        sample(t, r#"mixpeek_gateway_requests_total{client="search-team",route="passthrough",status="499"}"#) == Some(1.0)
+    })
+    .await;
+    // Only the scrape itself is in flight.
+    assert_eq!(
+        sample(&text, "mixpeek_gateway_in_flight_requests"),
+        Some(1.0),
+        "{text}"
+    );
+}

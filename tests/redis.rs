@@ -466,3 +466,51 @@ async fn the_upstream_rate_guard_is_shared_by_replicas() {
         .unwrap()
         >= 1));
 }
+
+#[tokio::test]
+async fn a_mutation_on_one_replica_retires_the_shared_entry_for_all() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let sim = start_sim(SimConfig::new(REAL_KEY)).await;
+    let (a, b) = replicas(&redis, &sim, "").await;
+    let (ca, cb) = (TestClient::new(a.url()), TestClient::new(b.url()));
+    let path = "/v1/retrievers/ret_1/executions/exec_mut";
+    assert_eq!(ca.get(path, SEARCH_KEY).await.header("x-cache"), "MISS");
+    // DELETE of the retriever on A: B must not find the entry in Redis.
+    let request = ca
+        .request(http::Method::DELETE, "/v1/retrievers/ret_1")
+        .header("authorization", format!("Bearer {SEARCH_KEY}"))
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(ca.send(request).await.status, 200);
+    assert_eq!(cb.get(path, SEARCH_KEY).await.header("x-cache"), "MISS");
+    assert_eq!(
+        sim.count("GET /v1/retrievers/{retriever_id}/executions/{id}"),
+        2
+    );
+}
+
+#[tokio::test]
+async fn fail_mode_open_lets_requests_through_while_redis_is_down() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    if !redis.can_restart() {
+        return;
+    }
+    let sim = start_sim(SimConfig::new(REAL_KEY)).await;
+    let toml = config_toml(&sim.base_url(), "", "").replace(
+        "namespace = \"ns_search\"\n",
+        "namespace = \"ns_search\"\nrate_limit = { requests_per_second = 1, burst = 1 }\n",
+    ) + &format!(
+        "\n[redis]\nurl = \"{}\"\ntimeout_ms = 100\nrate_limit_fail_mode = \"open\"\n",
+        redis.url
+    );
+    let gateway = server::spawn(config(&toml)).await.unwrap();
+    redis.kill();
+    let client = TestClient::new(gateway.url());
+    for _ in 0..4 {
+        assert_eq!(client.get("/v1/collections", SEARCH_KEY).await.status, 200);
+    }
+}

@@ -247,9 +247,10 @@ impl CacheState {
                 shared
                     .delete_entry(&CacheKey::detail(namespace, path.to_string()))
                     .await;
-            } else {
-                shared.bump_epoch(Some(namespace)).await;
             }
+            // Also retires what a flight on any replica, started before
+            // this invalidation, may still write back.
+            shared.bump_epoch(Some(namespace)).await;
         }
         if exact_detail {
             self.store.invalidate_exact(namespace, path).await;
@@ -501,10 +502,14 @@ async fn coalesce(
                 .await
                 .map_err(|_| GatewayError::GatewayTimeout)?;
             match outcome {
-                Some(Outcome::Shared(response)) => Ok(response.to_response(CacheStatus::Coalesced)),
+                Some(Outcome::Shared(response)) => {
+                    bump(&state.metrics.coalesced);
+                    Ok(response.to_response(CacheStatus::Coalesced))
+                }
                 Some(Outcome::Failed(error)) => Err(error.into()),
                 Some(Outcome::Unshareable) => {
-                    bump(&state.metrics.unshareable);
+                    // Not shared after all: this request makes its own call.
+                    bump(&state.metrics.misses);
                     state.metrics.upstream_call(class);
                     let mut response = send(make_inner(), upstream_request(parts, body)).await?;
                     response
@@ -593,8 +598,15 @@ async fn fly_shared(
                 return fly(state, make_inner(), request, kind, key, generation).await;
             }
             Lease::Acquired(token) => {
-                let fetched =
-                    fly(state, make_inner(), request, kind, key.clone(), generation).await;
+                // The lease outlives a slow upstream call: renewed while it runs.
+                let fetched = {
+                    let flight = fly(state, make_inner(), request, kind, key.clone(), generation);
+                    tokio::pin!(flight);
+                    tokio::select! {
+                        fetched = &mut flight => fetched,
+                        () = shared.keep_lease(&key, &token) => flight.await,
+                    }
+                };
                 if let Fetched::Shared(response) = &fetched {
                     let entry = SharedEntry {
                         status: response.status,
@@ -602,13 +614,20 @@ async fn fly_shared(
                         body: response.body.clone(),
                     };
                     let storable = kind == Kind::Detail
-                        && state.storable(kind, response.status, &response.body);
+                        && state.storable(kind, response.status, &response.body)
+                        && state.generations.current(&key.namespace) == generation;
                     if let (true, Some(epochs)) = (storable, epochs) {
                         shared
                             .put_entry(&key, &entry, state.detail_ttl, epochs)
                             .await;
                     }
-                    shared.publish(&key, &token, &entry).await;
+                    // A 429 or 5xx is about that one call (its Retry-After,
+                    // its failure): the other replicas' waiters call again.
+                    if !(response.status == StatusCode::TOO_MANY_REQUESTS
+                        || response.status.is_server_error())
+                    {
+                        shared.publish(&key, &token, &entry).await;
+                    }
                 }
                 shared.release(&key, &token).await;
                 return fetched;
@@ -687,6 +706,9 @@ async fn fly(
     {
         // A refresh (no-cache) learned the execution is gone.
         state.store.remove(&key).await;
+        if let Some(shared) = &state.shared {
+            shared.delete_entry(&key).await;
+        }
     }
     Fetched::Shared(Arc::new(SharedResponse {
         status: parts.status,

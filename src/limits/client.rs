@@ -51,7 +51,7 @@ use crate::auth::AuthenticatedClient;
 use crate::body::{Body, BoxError};
 use crate::config::{ClientConfig, FailMode, RateLimit};
 use crate::error::{self, GatewayError};
-use crate::shared::Shared;
+use crate::shared::{Bucket, Shared};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -258,7 +258,9 @@ impl ClientLimits {
         client: &str,
     ) -> Option<Decision> {
         let limiter = self.limiters.get(client)?;
-        let step = shared.gcra(client, limiter.interval, limiter.burst).await;
+        let step = shared
+            .gcra(Bucket::Client(client), limiter.interval, limiter.burst)
+            .await;
         let decision = match step {
             Some(step) if step.allowed => Decision::Allowed(
                 limiter.headers(step.remaining.min(limiter.burst), ceil_secs(step.reset)),

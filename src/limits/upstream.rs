@@ -39,7 +39,7 @@ use crate::auth::AuthenticatedClient;
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
-use crate::shared::Shared;
+use crate::shared::{Bucket, Shared};
 
 /// Pause after an upstream 429 that names no (readable) `Retry-After`.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
@@ -85,7 +85,9 @@ impl RateGate {
     ) -> Option<Result<bool, Duration>> {
         let mut waited = false;
         loop {
-            let step = shared.gcra("~upstream", self.interval, self.burst).await?;
+            let step = shared
+                .gcra(Bucket::Upstream, self.interval, self.burst)
+                .await?;
             if step.allowed {
                 return Some(Ok(waited));
             }
