@@ -5,7 +5,11 @@
 //! - `stack/miss_passthrough`: the full stack forwarding to the simulated
 //!   API on a loopback socket (an in-process upstream);
 //! - `list_key/typical_body`: canonicalising a list query into its key;
-//! - `auth/lookup`: finding a client by its key among 50.
+//! - `auth/lookup`: finding a client by its key among 50;
+//! - `redis/l1_hit` and `redis/l2_hit`: with `[redis]`, a hit from memory
+//!   against a hit from the shared tier (the local entry dropped first);
+//!   needs a Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`),
+//!   skipped with a note when there is none.
 //!
 //! `cargo bench --bench gateway`; numbers are in benches/RESULTS.md.
 
@@ -125,9 +129,68 @@ fn client_lookup(c: &mut Criterion) {
     });
 }
 
+fn redis_tiers(c: &mut Criterion) {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let prepared = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = sim::spawn(SimConfig::new(REAL_KEY), listener).await.unwrap();
+        let digest = hex::encode(Sha256::digest(CLIENT_KEY.as_bytes()));
+        let prefix = format!("bench-{}:", std::process::id());
+        let toml = format!(
+            "[upstream]\nbase_url = \"{}\"\napi_key_env = \"K\"\n\n[[clients]]\nname = \"bench\"\nkey_sha256 = \"{digest}\"\nnamespace = \"ns_bench\"\n\n[redis]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\n",
+            sim.base_url()
+        );
+        let state = AppState::new(Config::from_toml(&toml, |_| Some(REAL_KEY.into())).unwrap()).unwrap();
+        let shared = state.cache.shared.clone()?;
+        let probe = mixpeek_gateway::cache::CacheKey::detail("ns_probe", "/probe".into());
+        for _ in 0..100 {
+            if shared.get_entry(&probe).await.is_some() || shared.is_healthy() {
+                return Some((sim, state));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    });
+    let Some((sim, state)) = prepared else {
+        eprintln!("redis benches skipped: no Redis at {url}");
+        return;
+    };
+    let app = stack::app::<Full<Bytes>>(&state);
+    let path = "/v1/retrievers/executions/exec_l2";
+    let key = mixpeek_gateway::cache::CacheKey::detail("ns_bench", path.into());
+    runtime.block_on(async {
+        let first = app.clone().oneshot(request(path)).await.unwrap();
+        assert_eq!(first.headers()["x-cache"], "MISS");
+        first.into_body().collect().await.unwrap();
+    });
+    let mut group = c.benchmark_group("redis");
+    group.bench_function("l1_hit", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let response = app.clone().oneshot(request(path)).await.unwrap();
+            assert!(response.headers().get("x-cache-tier").is_none());
+            response.into_body().collect().await.unwrap();
+        })
+    });
+    group.bench_function("l2_hit", |b| {
+        b.to_async(&runtime).iter(|| async {
+            state.cache.store.remove(&key).await;
+            let response = app.clone().oneshot(request(path)).await.unwrap();
+            assert_eq!(response.headers()["x-cache-tier"], "L2");
+            response.into_body().collect().await.unwrap();
+        })
+    });
+    group.finish();
+    drop(sim);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
-    targets = stack, list_key, client_lookup
+    targets = stack, list_key, client_lookup, redis_tiers
 }
 criterion_main!(benches);

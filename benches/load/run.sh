@@ -2,7 +2,7 @@
 # Load benchmarks of mixpeek-gateway against a bare hyper server (the
 # ceiling), nginx proxy_cache and Varnish on this machine, 127.0.0.1 only.
 #
-#   benches/load/run.sh [throughput|coalesce|memory|all]     (default: all)
+#   benches/load/run.sh [throughput|coalesce|memory|replicas|all]   (default: all)
 #
 # Environment: ROUNDS (3), DURATION (10s), CONNS ("64 256"), INSTALL (1: may
 # apt-get install wrk nginx varnish when missing and running as root),
@@ -30,6 +30,7 @@ PIDS=()
 port() { echo $((BASE_PORT + $1)); }
 SIM=$(port 1); GW=$(port 2); CEIL=$(port 3); NGX1=$(port 4); NGXA=$(port 5); VARN=$(port 6)
 SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX_SLOW=$(port 9); GW_MEM=$(port 10)
+REDIS_PORT=$(port 11); GW_R1=$(port 12); GW_R2=$(port 13)
 
 cleanup() {
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
@@ -77,7 +78,7 @@ start_sim() { # port latency_ms
   PIDS+=($!); wait_port "$1"
 }
 
-start_gateway() { # port upstream_port max_bytes -> sets GW_PID
+start_gateway() { # port upstream_port max_bytes [extra toml] -> sets GW_PID
   local digest; digest=$(printf %s "$CLIENT_KEY" | sha256sum | cut -d' ' -f1)
   cat > "$WORK/gateway-$1.toml" <<EOF
 [server]
@@ -92,6 +93,7 @@ key_sha256 = "$digest"
 namespace = "$NS"
 [cache]
 max_bytes = $3
+${4:-}
 EOF
   # Request logs off (warn), as nginx runs with access_log off.
   BENCH_MIXPEEK_API_KEY=$REAL_KEY RUST_LOG=warn "$BIN" serve --config "$WORK/gateway-$1.toml" >/dev/null 2>&1 &
@@ -278,6 +280,35 @@ print(f"| RSS with max_bytes = stored/4 ({quarter/1048576:.1f} MiB) after the sa
 PY
 }
 
+replicas() {
+  say "replicas: cache-hit throughput of two gateways sharing Redis against one (wrk 64 connections in all)"
+  command -v redis-server >/dev/null || { echo "redis-server not installed: skipped"; return; }
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
+  PIDS+=($!); wait_port "$REDIS_PORT"
+  start_sim "$SIM" 0
+  local shared=$'[redis]\nurl = "redis://127.0.0.1:'"$REDIS_PORT"$'"'
+  start_gateway "$GW_R1" "$SIM" 268435456 "$shared"
+  start_gateway "$GW_R2" "$SIM" 268435456 "$shared"
+  local detail="/v1/retrievers/executions/exec_bench"
+  for p in "$GW_R1" "$GW_R2"; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$detail"; done
+  echo "| setup | req/s (median of $ROUNDS) |"
+  echo "| --- | ---: |"
+  local one=() two=()
+  for _ in $(seq 1 "$ROUNDS"); do
+    one+=("$(run_wrk 64 "http://127.0.0.1:$GW_R1$detail" -H "Authorization: Bearer $CLIENT_KEY" | cut -d' ' -f1)")
+    run_wrk 32 "http://127.0.0.1:$GW_R1$detail" -H "Authorization: Bearer $CLIENT_KEY" > "$WORK/r1" &
+    local w=$!
+    run_wrk 32 "http://127.0.0.1:$GW_R2$detail" -H "Authorization: Bearer $CLIENT_KEY" > "$WORK/r2"
+    wait "$w"
+    two+=("$(python3 -c "print(float('$(cut -d' ' -f1 "$WORK/r1")') + float('$(cut -d' ' -f1 "$WORK/r2")'))")")
+  done
+  python3 - "${one[*]}" "${two[*]}" <<'PY'
+import sys, statistics as st
+one = st.median(map(float, sys.argv[1].split())); two = st.median(map(float, sys.argv[2].split()))
+print(f"| one replica | {one:,.0f} |\n| two replicas (sum) | {two:,.0f} |\n| ratio | {two/one:.2f} |")
+PY
+}
+
 ensure_tools
 build
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%d); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
@@ -285,6 +316,7 @@ case "$MODE" in
   throughput) throughput ;;
   coalesce) coalesce ;;
   memory) memory ;;
-  all) throughput; coalesce; memory ;;
-  *) echo "usage: $0 [throughput|coalesce|memory|all]" >&2; exit 2 ;;
+  replicas) replicas ;;
+  all) throughput; coalesce; memory; replicas ;;
+  *) echo "usage: $0 [throughput|coalesce|memory|replicas|all]" >&2; exit 2 ;;
 esac
