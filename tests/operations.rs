@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -164,22 +162,6 @@ async fn sane_request_ids_are_kept_forwarded_and_returned_others_replaced() {
     );
 }
 
-/// The next log line containing `needle`, within 10 s.
-async fn next_matching(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    needle: &str,
-) -> Result<String, tokio::time::error::Elapsed> {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let line = rx.recv().await.expect("gateway log stream ended");
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn json_access_log_has_one_line_per_request_with_every_field() {
     let sim = start_sim(SimConfig::new(REAL_KEY)).await;
@@ -192,35 +174,15 @@ async fn json_access_log_has_one_line_per_request_with_every_field() {
     )
     .unwrap();
     let listen = closed_port().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mixpeek-gateway"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .args(["--listen", &listen.to_string()])
-        .env("TEST_MIXPEEK_API_KEY", REAL_KEY)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    next_matching(&mut lines_rx, "listening")
-        .await
-        .expect("started");
+    let mut process = Process::serve(&path, Some(listen)).await;
 
     let client = TestClient::new(format!("http://{listen}"));
     let reply = client
         .get("/v1/retrievers/executions/exec_log", SEARCH_KEY)
         .await;
     let request_id = reply.header("x-request-id").to_string();
-    let line = next_matching(&mut lines_rx, "\"access\"")
+    let line = process
+        .wait_for("\"access\"")
         .await
         .expect("an access line");
     let entry: serde_json::Value =
@@ -236,10 +198,8 @@ async fn json_access_log_has_one_line_per_request_with_every_field() {
     assert!(entry["latency_ms"].as_f64().unwrap() >= entry["upstream_ms"].as_f64().unwrap());
     assert!(!line.contains(SEARCH_KEY) && !line.contains(REAL_KEY));
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    process.signal("-TERM");
+    assert_eq!(process.exit_code().await, Some(0));
 }
 
 #[tokio::test]
@@ -256,28 +216,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     )
     .unwrap();
     let listen = closed_port().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mixpeek-gateway"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .args(["--listen", &listen.to_string()])
-        .env("TEST_MIXPEEK_API_KEY", REAL_KEY)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    next_matching(&mut lines_rx, "listening")
-        .await
-        .expect("started");
+    let mut process = Process::serve(&path, Some(listen)).await;
 
     let client = TestClient::new(format!("http://{listen}"));
     let slow = tokio::spawn({
@@ -292,13 +231,9 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     })
     .await
     .expect("request reached upstream");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    next_matching(&mut lines_rx, "shutting down")
+    process.signal("-TERM");
+    process
+        .wait_for("shutting down")
         .await
         .expect("drain started");
     // New connections are refused while draining...
@@ -307,11 +242,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-echo-path"), "/v1/collections/slow");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(process.exit_code().await, Some(0));
 }
 
 #[tokio::test]

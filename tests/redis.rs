@@ -115,24 +115,28 @@ impl Drop for RedisServer {
     }
 }
 
-/// Two replicas of the gateway sharing `redis`, in front of one sim.
-async fn replicas(
-    redis: &RedisServer,
-    sim: &SimHandle,
-    extra_redis: &str,
-) -> (RunningGateway, RunningGateway) {
-    let prefix = format!(
-        "test-{}-{}:",
+/// A unique key prefix, so tests sharing one Redis never meet.
+async fn unique_prefix(name: &str) -> String {
+    format!(
+        "test-{name}-{}-{}:",
         std::process::id(),
         closed_port().await.port()
-    );
-    let toml = config_toml(&sim.base_url(), "", "timeout_ms = 5000")
-        + &format!(
-            "\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n{extra_redis}\n",
-            redis.url
-        );
-    let a = server::spawn(config(&toml)).await.unwrap();
-    let b = server::spawn(config(&toml)).await.unwrap();
+    )
+}
+
+/// The `[redis]` table for `redis`, with `extra` lines.
+async fn redis_table(redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "\n[redis]\nurl = \"{}\"\nkey_prefix = \"{}\"\n{extra}\n",
+        redis.url,
+        unique_prefix("r").await
+    )
+}
+
+/// Two replicas from one config, once both have reached Redis.
+async fn replicas_from(toml: &str) -> (RunningGateway, RunningGateway) {
+    let a = server::spawn(config(toml)).await.unwrap();
+    let b = server::spawn(config(toml)).await.unwrap();
     for gateway in [&a, &b] {
         let shared = gateway
             .state
@@ -140,10 +144,10 @@ async fn replicas(
             .shared
             .clone()
             .expect("redis configured");
-        // Wait until the replica's first connection is up and has answered.
-        let key = CacheKey::detail("ns_probe", "/probe".into());
+        // The first connection is made in the background: wait for it.
+        let probe = CacheKey::detail("ns_probe", "/probe".into());
         let started = Instant::now();
-        while shared.get_entry(&key).await.is_none() && !shared.is_healthy() {
+        while shared.get_entry(&probe).await.is_none() && !shared.is_healthy() {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "replica never reached redis"
@@ -152,6 +156,17 @@ async fn replicas(
         }
     }
     (a, b)
+}
+
+/// Two replicas of the gateway sharing `redis`, in front of one sim.
+async fn replicas(
+    redis: &RedisServer,
+    sim: &SimHandle,
+    extra_redis: &str,
+) -> (RunningGateway, RunningGateway) {
+    let toml = config_toml(&sim.base_url(), "", "timeout_ms = 5000")
+        + &redis_table(redis, extra_redis).await;
+    replicas_from(&toml).await
 }
 
 fn slow_sim(ms: u64) -> SimConfig {
@@ -340,33 +355,11 @@ async fn a_client_limit_holds_across_replicas() {
         return;
     };
     let sim = start_sim(SimConfig::new(REAL_KEY)).await;
-    let prefix = format!(
-        "test-limit-{}-{}:",
-        std::process::id(),
-        closed_port().await.port()
-    );
     let toml = config_toml(&sim.base_url(), "", "").replace(
         "namespace = \"ns_search\"\n",
         "namespace = \"ns_search\"\nrate_limit = { requests_per_second = 5, burst = 5 }\n",
-    ) + &format!(
-        "\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n",
-        redis.url
-    );
-    let a = server::spawn(config(&toml)).await.unwrap();
-    let b = server::spawn(config(&toml)).await.unwrap();
-    for gateway in [&a, &b] {
-        let shared = gateway.state.cache.shared.clone().unwrap();
-        let started = Instant::now();
-        while shared
-            .get_entry(&CacheKey::detail("p", "/p".into()))
-            .await
-            .is_none()
-            && !shared.is_healthy()
-        {
-            assert!(started.elapsed() < Duration::from_secs(10));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    ) + &redis_table(&redis, "").await;
+    let (a, b) = replicas_from(&toml).await;
     let (ca, cb) = (TestClient::new(a.url()), TestClient::new(b.url()));
     ca.warm(15).await;
     cb.warm(15).await;
@@ -401,37 +394,13 @@ async fn the_upstream_rate_guard_is_shared_by_replicas() {
         return;
     };
     let sim = start_sim(SimConfig::new(REAL_KEY)).await;
-    let (a, b) = replicas(&redis, &sim, "").await;
-    drop((a, b));
-    // Same replicas, now with a gateway-wide 2 calls per second and no queue.
-    let prefix = format!(
-        "test-guard-{}-{}:",
-        std::process::id(),
-        closed_port().await.port()
-    );
+    // Two replicas with a gateway-wide 2 calls per second and no queue.
     let toml = config_toml(
         &sim.base_url(),
         "",
         "max_requests_per_second = 2\nqueue_timeout_ms = 0",
-    ) + &format!(
-        "\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n",
-        redis.url
-    );
-    let a = server::spawn(config(&toml)).await.unwrap();
-    let b = server::spawn(config(&toml)).await.unwrap();
-    for gateway in [&a, &b] {
-        let shared = gateway.state.cache.shared.clone().unwrap();
-        let started = Instant::now();
-        while shared
-            .get_entry(&CacheKey::detail("p", "/p".into()))
-            .await
-            .is_none()
-            && !shared.is_healthy()
-        {
-            assert!(started.elapsed() < Duration::from_secs(10));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    ) + &redis_table(&redis, "").await;
+    let (a, b) = replicas_from(&toml).await;
     let (ca, cb) = (TestClient::new(a.url()), TestClient::new(b.url()));
     ca.warm(5).await;
     cb.warm(5).await;

@@ -2,9 +2,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::Method;
@@ -137,21 +135,6 @@ async fn reload_swaps_clients_keeps_cache_and_refuses_broken_files() {
     assert_eq!(sim.count("GET /v1/retrievers/executions/{id}"), 1);
 }
 
-/// True once a line containing `needle` arrives (10 s at most).
-async fn wait_for(needle: &str, rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> bool {
-    let fut = async {
-        while let Some(line) = rx.recv().await {
-            if line.contains(needle) {
-                return true;
-            }
-        }
-        false
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or(false)
-}
-
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
     let sim = start_sim(SimConfig::new(REAL_KEY)).await;
@@ -162,25 +145,7 @@ async fn sighup_reloads_the_running_binary() {
         &listen,
         &[("search-team", SEARCH_KEY, "ns_search")],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mixpeek-gateway"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("TEST_MIXPEEK_API_KEY", REAL_KEY)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    assert!(wait_for("listening", &mut rx).await);
+    let mut process = Process::serve(&path, None).await;
     let client = TestClient::new(format!("http://{listen}"));
     assert_eq!(client.get("/v1/collections", NEW_KEY).await.status, 401);
     config_file(
@@ -189,20 +154,14 @@ async fn sighup_reloads_the_running_binary() {
         &listen,
         &[("new-team", NEW_KEY, "ns_new")],
     );
-    assert!(Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(wait_for("config reloaded", &mut rx).await);
+    process.signal("-HUP");
+    assert!(process.wait_for("config reloaded").await.is_some());
     let reply = client.get("/v1/collections", NEW_KEY).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-echo-namespace"), "ns_new");
     assert_eq!(client.get("/v1/collections", SEARCH_KEY).await.status, 401);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    process.signal("-TERM");
+    assert_eq!(process.exit_code().await, Some(0));
 }
 
 #[tokio::test]

@@ -232,3 +232,83 @@ pub async fn closed_port() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
+
+/// The gateway binary running `serve` on a config file, with its standard
+/// error followed line by line.
+pub struct Process {
+    pub child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Process {
+    /// Starts `serve --config path [--listen listen]` with the test key in
+    /// the environment, and waits for its "listening" line.
+    pub async fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> Self {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mixpeek-gateway"));
+        command.args(["serve", "--config"]).arg(path);
+        if let Some(listen) = listen {
+            command.args(["--listen", &listen.to_string()]);
+        }
+        let mut child = command
+            .env("TEST_MIXPEEK_API_KEY", REAL_KEY)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = Self { child, lines };
+        assert!(
+            process.wait_for("listening").await.is_some(),
+            "gateway did not start"
+        );
+        process
+    }
+
+    /// The next log line containing `needle`, within 10 s.
+    pub async fn wait_for(&mut self, needle: &str) -> Option<String> {
+        let lines = &mut self.lines;
+        let found = async {
+            while let Some(line) = lines.recv().await {
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(10), found)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Sends a signal (`-TERM`, `-HUP`, …).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exit_code(mut self) -> Option<i32> {
+        tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code()
+    }
+}
