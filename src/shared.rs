@@ -39,6 +39,29 @@ const RESULT_TTL: Duration = Duration::from_secs(10);
 /// Waiters on another replica's flight look for its result this often.
 const POLL_EVERY: Duration = Duration::from_millis(5);
 
+/// An invalidation one replica tells the others about, so that their
+/// in-memory tier drops what it dropped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+pub enum Invalidation {
+    /// One execution detail.
+    Exact {
+        /// Namespace.
+        ns: String,
+        /// Canonical path.
+        path: String,
+    },
+    /// Everything at and below a path.
+    Below {
+        /// Namespace.
+        ns: String,
+        /// Canonical path.
+        path: String,
+    },
+    /// Everything.
+    All,
+}
+
 /// A response shared through Redis: status, content type, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedEntry {
@@ -103,6 +126,10 @@ pub struct Shared {
     release: redis::Script,
     renew: redis::Script,
     gcra: redis::Script,
+    /// Invalidations received from the other replicas, taken once by the
+    /// cache (`take_invalidations`).
+    invalidations: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>>>,
+    subscribed: Arc<AtomicBool>,
     /// Counters.
     pub metrics: SharedMetrics,
 }
@@ -123,6 +150,7 @@ impl Shared {
     pub fn start(config: &RedisConfig) -> Result<Arc<Self>, redis::RedisError> {
         let client = redis::Client::open(config.url.as_str())?;
         let connection = Arc::new(ArcSwapOption::empty());
+        let (invalidated, invalidations) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Self {
             connection: connection.clone(),
             prefix: config.key_prefix.clone(),
@@ -142,9 +170,17 @@ impl Shared {
                         renew: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
             ),
-            gcra: redis::Script::new(GCRA_SCRIPT),
+                        gcra: redis::Script::new(GCRA_SCRIPT),
+                        invalidations: std::sync::Mutex::new(Some(invalidations)),
+            subscribed: Arc::new(AtomicBool::new(false)),
             metrics: SharedMetrics::default(),
         });
+        tokio::spawn(listen_for_invalidations(
+            client.clone(),
+            shared.channel(),
+            invalidated,
+            shared.subscribed.clone(),
+        ));
         let timeout = config.timeout;
         tokio::spawn(async move {
             let manager_config = redis::aio::ConnectionManagerConfig::new()
@@ -175,6 +211,46 @@ impl Shared {
             }
         });
         Ok(shared)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}invalidations", self.prefix)
+    }
+
+    /// The invalidations the other replicas publish; `None` after the first
+    /// call (one consumer: the cache).
+    pub fn take_invalidations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Invalidation>> {
+        self.invalidations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Tells every replica (this one included) about an invalidation.
+    pub async fn broadcast(&self, invalidation: &Invalidation) {
+        let Some(mut conn) = self.connection() else {
+            self.missed_invalidation.store(true, Ordering::Release);
+            return;
+        };
+        let Ok(message) = serde_json::to_string(invalidation) else {
+            return;
+        };
+        let sent: Option<i64> = self
+            .call(
+                redis::cmd("PUBLISH")
+                    .arg(self.channel())
+                    .arg(message)
+                    .query_async(&mut conn),
+            )
+            .await;
+        if sent.is_none() {
+            self.missed_invalidation.store(true, Ordering::Release);
+        }
+    }
+
+    /// True while this replica hears the others' invalidations.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
     }
 
     /// True while Redis answers (false before the first connection and while
@@ -514,6 +590,42 @@ impl Shared {
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
+    }
+}
+
+/// Subscribes to the invalidation channel for the life of the process,
+/// resubscribing after any disconnection.
+async fn listen_for_invalidations(
+    client: redis::Client,
+    channel: String,
+    out: tokio::sync::mpsc::UnboundedSender<Invalidation>,
+    subscribed: Arc<AtomicBool>,
+) {
+    use futures_util::StreamExt;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if let Ok(mut pubsub) = client.get_async_pubsub().await {
+            if pubsub.subscribe(&channel).await.is_ok() {
+                delay = Duration::from_millis(100);
+                subscribed.store(true, Ordering::Release);
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    if let Ok(invalidation) =
+                        serde_json::from_slice::<Invalidation>(message.get_payload_bytes())
+                    {
+                        if out.send(invalidation).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        subscribed.store(false, Ordering::Release);
+        if out.is_closed() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

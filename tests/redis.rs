@@ -147,7 +147,9 @@ async fn replicas_from(toml: &str) -> (RunningGateway, RunningGateway) {
         // The first connection is made in the background: wait for it.
         let probe = CacheKey::detail("ns_probe", "/probe".into());
         let started = Instant::now();
-        while shared.get_entry(&probe).await.is_none() && !shared.is_healthy() {
+        while (shared.get_entry(&probe).await.is_none() && !shared.is_healthy())
+            || !shared.is_subscribed()
+        {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "replica never reached redis"
@@ -482,4 +484,37 @@ async fn fail_mode_open_lets_requests_through_while_redis_is_down() {
     for _ in 0..4 {
         assert_eq!(client.get("/v1/collections", SEARCH_KEY).await.status, 200);
     }
+}
+
+#[tokio::test]
+async fn a_mutation_on_one_replica_drops_the_entry_from_the_others_memory() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let sim = start_sim(SimConfig::new(REAL_KEY)).await;
+    let (a, b) = replicas(&redis, &sim, "").await;
+    let (ca, cb) = (TestClient::new(a.url()), TestClient::new(b.url()));
+    let path = "/v1/retrievers/executions/exec_everywhere";
+    ca.get(path, SEARCH_KEY).await;
+    // B now holds it in memory (L2 hit, stored locally).
+    assert_eq!(cb.get(path, SEARCH_KEY).await.header("x-cache-tier"), "L2");
+    let key = CacheKey::detail("ns_search", path.into());
+    assert!(b.state.cache.store.get(&key).await.is_some());
+    let request = ca
+        .request(http::Method::PATCH, path)
+        .header("authorization", format!("Bearer {SEARCH_KEY}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    assert_eq!(ca.send(request).await.status, 200);
+    // The invalidation reaches B through Redis pub/sub.
+    let started = Instant::now();
+    while b.state.cache.store.get(&key).await.is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B kept its copy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cb.get(path, SEARCH_KEY).await.header("x-cache"), "MISS");
 }

@@ -50,7 +50,7 @@ use crate::config::Config;
 use crate::error::{classify, GatewayError};
 use crate::namespace::EffectiveNamespace;
 use crate::observe::RequestContext;
-use crate::shared::{Lease, Shared, SharedEntry, Waited};
+use crate::shared::{Invalidation, Lease, Shared, SharedEntry, Waited};
 
 /// Largest response body shared between coalesced requests or cached
 /// (16 MiB). Larger ones stream to the request that fetched them.
@@ -173,6 +173,22 @@ impl Generations {
 impl CacheState {
     /// Builds the store and flight table from the config.
     pub fn new(config: &Config) -> Arc<Self> {
+        let state = Self::build(config);
+        // The other replicas' invalidations, applied to this one's memory.
+        if let Some(mut invalidations) = state.shared.as_ref().and_then(|s| s.take_invalidations())
+        {
+            let weak = Arc::downgrade(&state);
+            tokio::spawn(async move {
+                while let Some(invalidation) = invalidations.recv().await {
+                    let Some(state) = weak.upgrade() else { return };
+                    state.apply_remote(invalidation);
+                }
+            });
+        }
+        state
+    }
+
+    fn build(config: &Config) -> Arc<Self> {
         // A list result can't be kept with a zero TTL; the store still
         // needs a lifetime for the kind.
         let list_ttl = config.coalesce.list_ttl;
@@ -227,6 +243,26 @@ impl CacheState {
         self.store.clear();
         if let Some(shared) = &self.shared {
             shared.bump_epoch(None).await;
+            shared.broadcast(&Invalidation::All).await;
+        }
+    }
+
+    /// Applies another replica's invalidation to this replica's memory.
+    fn apply_remote(&self, invalidation: Invalidation) {
+        match invalidation {
+            Invalidation::All => {
+                self.generations.bump_all();
+                self.store.clear();
+            }
+            Invalidation::Exact { ns, path } => {
+                self.generations.bump(&ns);
+                let store = self.store.clone();
+                tokio::spawn(async move { store.invalidate_exact(&ns, &path).await });
+            }
+            Invalidation::Below { ns, path } => {
+                self.generations.bump(&ns);
+                self.store.invalidate_below(&ns, &path);
+            }
         }
     }
 
@@ -236,6 +272,12 @@ impl CacheState {
         let key = CacheKey::detail(namespace, path.to_string());
         if let Some(shared) = &self.shared {
             shared.delete_entry(&key).await;
+            shared
+                .broadcast(&Invalidation::Exact {
+                    ns: namespace.to_string(),
+                    path: path.to_string(),
+                })
+                .await;
         }
         self.store.remove(&key).await
     }
@@ -251,6 +293,14 @@ impl CacheState {
             // Also retires what a flight on any replica, started before
             // this invalidation, may still write back.
             shared.bump_epoch(Some(namespace)).await;
+            let (ns, path) = (namespace.to_string(), path.to_string());
+            shared
+                .broadcast(&if exact_detail {
+                    Invalidation::Exact { ns, path }
+                } else {
+                    Invalidation::Below { ns, path }
+                })
+                .await;
         }
         if exact_detail {
             self.store.invalidate_exact(namespace, path).await;
