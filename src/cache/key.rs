@@ -5,8 +5,6 @@
 //! be served another's data (BerriAI/litellm #29955). Keys do not carry the
 //! client: two teams on one namespace share entries (Kong/kong #5887).
 
-use std::fmt::Write;
-
 use http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -110,15 +108,6 @@ pub fn list_body_key(headers: &HeaderMap, body: &[u8]) -> Option<BodyKey> {
     // serde_json's map is ordered by key, so this prints it canonically.
     hasher.update(value.to_string().as_bytes());
     Some(BodyKey::Json(hasher.finalize().into()))
-}
-
-/// A short printable form of a key for logs (never contains body content).
-pub fn describe(key: &CacheKey) -> String {
-    let mut out = format!("{} {}", key.namespace, key.path);
-    if !key.query.is_empty() {
-        let _ = write!(out, "?{}", key.query);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -225,11 +225,6 @@ impl CacheState {
         self.share_limit.store(bytes, Ordering::Relaxed);
     }
 
-    /// Number of upstream calls being shared right now.
-    pub fn flights_in_progress(&self) -> usize {
-        self.flights.len()
-    }
-
     fn storable(&self, kind: Kind, status: StatusCode, body: &[u8]) -> bool {
         match kind {
             Kind::Detail => policy::is_terminal_detail(status, body, &self.terminal_statuses),
