@@ -7,7 +7,17 @@
 //! client's own `Authorization` header is removed — it must never reach
 //! upstream — and the client is attached to the request as an
 //! [`AuthenticatedClient`] extension for the layers below.
+//!
+//! SHA-256 of the key costs more than the rest of a cache hit, so each
+//! registry remembers, per client, a 128-bit keyed hash (two SipHash
+//! instances with secret random keys) of the key that last matched its
+//! digest. A later request whose key hashes to a remembered value is that
+//! client without hashing it again. The raw key is never stored; the keyed
+//! hash cannot be computed or matched without the process's secret keys; a
+//! reload builds a new registry and so forgets everything.
 
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::{header, Request};
@@ -30,6 +40,9 @@ pub struct ClientRegistry {
     clients: Vec<Arc<ClientConfig>>,
     /// Each client's name as a shared metric and log label.
     labels: Vec<Arc<str>>,
+    /// Per client, the keyed hash of its key once seen (0: not yet).
+    seen: Box<[[AtomicU64; 2]]>,
+    hashers: [RandomState; 2],
 }
 
 impl ClientRegistry {
@@ -37,7 +50,21 @@ impl ClientRegistry {
     pub fn new(clients: impl IntoIterator<Item = ClientConfig>) -> Self {
         let clients: Vec<Arc<ClientConfig>> = clients.into_iter().map(Arc::new).collect();
         let labels = clients.iter().map(|c| Arc::from(c.name.as_str())).collect();
-        Self { clients, labels }
+        let seen = clients
+            .iter()
+            .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+            .collect();
+        Self {
+            clients,
+            labels,
+            seen,
+            hashers: [RandomState::new(), RandomState::new()],
+        }
+    }
+
+    /// The 128-bit keyed hash of a presented key, never zero in either half.
+    fn keyed_hash(&self, key: &[u8]) -> [u64; 2] {
+        self.hashers.each_ref().map(|h| h.hash_one(key).max(1))
     }
 
     /// The client whose key this is, if any.
@@ -50,11 +77,30 @@ impl ClientRegistry {
 
     /// Like [`lookup`](Self::lookup), with the client's label.
     pub fn lookup_labelled(&self, key: &[u8]) -> Option<(&Arc<ClientConfig>, &Arc<str>)> {
-        let digest: [u8; 32] = Sha256::digest(key).into();
+        let hash = self.keyed_hash(key);
         let mut found = None;
-        for (i, client) in self.clients.iter().enumerate() {
-            if bool::from(client.key_sha256.ct_eq(&digest)) {
+        // Every slot is read, whatever matched, as with the digests below.
+        for (i, seen) in self.seen.iter().enumerate() {
+            let seen = [
+                seen[0].load(Ordering::Relaxed),
+                seen[1].load(Ordering::Relaxed),
+            ];
+            if seen == hash {
                 found = Some(i);
+            }
+        }
+        if found.is_none() {
+            let digest: [u8; 32] = Sha256::digest(key).into();
+            for (i, client) in self.clients.iter().enumerate() {
+                if bool::from(client.key_sha256.ct_eq(&digest)) {
+                    found = Some(i);
+                }
+            }
+            if let Some(i) = found {
+                // Always the same value for a client (one digest, one key),
+                // so a racing reader sees it, nothing, or half of it: a miss.
+                self.seen[i][0].store(hash[0], Ordering::Relaxed);
+                self.seen[i][1].store(hash[1], Ordering::Relaxed);
             }
         }
         found.map(|i| (&self.clients[i], &self.labels[i]))
@@ -174,6 +220,30 @@ mod tests {
                 .name,
             "a"
         );
+    }
+
+    #[test]
+    fn remembered_keys_resolve_to_their_client_and_nothing_else() {
+        let clients = registry();
+        let registry = clients.load();
+        // First sight hashes with SHA-256 and remembers; the second is the memo.
+        for _ in 0..2 {
+            assert_eq!(registry.lookup(b"key-a").unwrap().name, "a");
+            assert_eq!(registry.lookup(b"key-b").unwrap().name, "b");
+            assert!(registry.lookup(b"key-c").is_none());
+            assert!(registry.lookup(b"key-a ").is_none());
+            assert!(registry.lookup(b"").is_none());
+        }
+        let remembered = |i: usize| {
+            registry.seen[i]
+                .iter()
+                .all(|h| h.load(Ordering::Relaxed) != 0)
+        };
+        assert!(remembered(0) && remembered(1));
+        // A wrong key is never remembered: only a digest match stores.
+        let fresh = ClientRegistry::new([]);
+        assert!(fresh.lookup(b"key-a").is_none());
+        assert!(fresh.seen.is_empty());
     }
 
     #[test]
