@@ -116,7 +116,7 @@ fn client_lookup(c: &mut Criterion) {
         name: format!("team-{i}"),
         key_sha256: Sha256::digest(format!("gw_key_{i}").as_bytes()).into(),
         namespace: format!("ns_{i}"),
-        allowed_namespaces: vec![format!("ns_{i}")],
+        allowed_namespaces: vec![format!("ns_{i}").into()],
         rate_limit: None,
     });
     let registry = ClientRegistry::new(clients);

@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 use crate::body::BoxError;
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
+use crate::metrics::ClientLabel;
 use crate::observe::RequestContext;
 use crate::reload::Clients;
 
@@ -39,7 +40,7 @@ pub struct AuthenticatedClient(pub Arc<ClientConfig>);
 pub struct ClientRegistry {
     clients: Vec<Arc<ClientConfig>>,
     /// Each client's name as a shared metric and log label.
-    labels: Vec<Arc<str>>,
+    labels: Vec<ClientLabel>,
     /// Per client, the keyed hash of its key once seen (0: not yet).
     seen: Box<[[AtomicU64; 2]]>,
     hashers: [RandomState; 2],
@@ -49,7 +50,10 @@ impl ClientRegistry {
     /// Builds the registry from the configured clients.
     pub fn new(clients: impl IntoIterator<Item = ClientConfig>) -> Self {
         let clients: Vec<Arc<ClientConfig>> = clients.into_iter().map(Arc::new).collect();
-        let labels = clients.iter().map(|c| Arc::from(c.name.as_str())).collect();
+        let labels = clients
+            .iter()
+            .map(|c| ClientLabel::new(Arc::from(c.name.as_str())))
+            .collect();
         let seen = clients
             .iter()
             .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
@@ -76,7 +80,7 @@ impl ClientRegistry {
     }
 
     /// Like [`lookup`](Self::lookup), with the client's label.
-    pub fn lookup_labelled(&self, key: &[u8]) -> Option<(&Arc<ClientConfig>, &Arc<str>)> {
+    pub fn lookup_labelled(&self, key: &[u8]) -> Option<(&Arc<ClientConfig>, &ClientLabel)> {
         let hash = self.keyed_hash(key);
         let mut found = None;
         // Every slot is read, whatever matched, as with the digests below.
@@ -107,7 +111,7 @@ impl ClientRegistry {
     }
 
     /// The clients' names, as shared labels.
-    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+    pub fn names(&self) -> impl Iterator<Item = &ClientLabel> {
         self.labels.iter()
     }
 
@@ -181,7 +185,7 @@ mod tests {
             name: name.into(),
             key_sha256: Sha256::digest(key.as_bytes()).into(),
             namespace: format!("ns_{name}"),
-            allowed_namespaces: vec![format!("ns_{name}")],
+            allowed_namespaces: vec![format!("ns_{name}").into()],
             rate_limit: None,
         };
         Arc::new(arc_swap::ArcSwap::from_pointee(ClientRegistry::new([

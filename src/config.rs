@@ -229,7 +229,8 @@ pub struct ClientConfig {
     /// Namespace injected when a request names none.
     pub namespace: String,
     /// Namespaces the team may name; always contains `namespace`.
-    pub allowed_namespaces: Vec<String>,
+    /// Shared, so cache keys hold the namespace without copying it.
+    pub allowed_namespaces: Vec<std::sync::Arc<str>>,
     /// The team's rate limit, if any.
     pub rate_limit: Option<RateLimit>,
 }
@@ -820,7 +821,7 @@ impl RawClient {
             name: self.name,
             key_sha256,
             namespace: self.namespace,
-            allowed_namespaces: allowed,
+            allowed_namespaces: allowed.into_iter().map(std::sync::Arc::from).collect(),
             rate_limit,
         })
     }
@@ -878,7 +879,10 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(c.upstream.base_url.to_string(), "https://api.mixpeek.com/");
         assert_eq!(c.upstream.timeout, Duration::from_secs(30));
-        assert_eq!(c.clients[0].allowed_namespaces, vec!["ns_a".to_string()]);
+        assert_eq!(
+            c.clients[0].allowed_namespaces,
+            vec![std::sync::Arc::from("ns_a")]
+        );
         assert_eq!(c.cache.terminal_statuses.len(), 5);
         assert_eq!(c.coalesce.list_ttl, Duration::ZERO);
         assert_eq!(c.server.auth_failures_per_minute.get(), 30);

@@ -150,7 +150,7 @@ impl Endpoints {
         let clients = self.clients.load();
         let labels = clients
             .names()
-            .map(|name| ClientLabel(name.clone()))
+            .cloned()
             .chain(std::iter::once(ClientLabel::anonymous()));
         let figures = StatusFigures::read(
             self.started.elapsed(),

@@ -6,35 +6,172 @@
 //! an id or a namespace.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 use crate::cache::CacheState;
 use crate::limits::{LimitMetrics, Limits};
 
 /// A client name as a label value, shared rather than copied per request.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ClientLabel(pub Arc<str>);
+///
+/// It also carries the client's own counters once they have been looked up,
+/// so a request's bookkeeping does not search the metric families by label
+/// (hashing the name) on every response. Equality and hashing are by name.
+#[derive(Clone, Debug)]
+pub struct ClientLabel {
+    name: Arc<str>,
+    hot: Arc<OnceLock<ClientCounters>>,
+}
 
 impl ClientLabel {
+    /// The label of a client named `name`.
+    pub fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            hot: Arc::default(),
+        }
+    }
+
     /// The label of requests that were not authenticated.
     pub fn anonymous() -> Self {
-        Self(Arc::from("-"))
+        Self::new(Arc::from("-"))
+    }
+
+    /// The client's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PartialEq for ClientLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for ClientLabel {}
+
+impl Hash for ClientLabel {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
     }
 }
 
 impl EncodeLabelValue for ClientLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         use std::fmt::Write;
-        encoder.write_str(&self.0)
+        encoder.write_str(&self.name)
+    }
+}
+
+/// One client's counters, resolved from the families once.
+#[derive(Debug)]
+struct ClientCounters {
+    /// `requests{status="200"}` per route class.
+    ok: [Counter; ROUTES.len()],
+    requests: Counter,
+    hits: Counter,
+    saved: Counter,
+}
+
+/// Every route class, in `RouteClass as usize` order.
+const ROUTES: [RouteClass; 4] = [
+    RouteClass::Detail,
+    RouteClass::List,
+    RouteClass::Passthrough,
+    RouteClass::Gateway,
+];
+
+/// Every `X-Cache` outcome, in `CacheOutcome as usize` order.
+const OUTCOMES: [CacheOutcome; 5] = [
+    CacheOutcome::Hit,
+    CacheOutcome::Miss,
+    CacheOutcome::Coalesced,
+    CacheOutcome::Bypass,
+    CacheOutcome::None,
+];
+
+/// A latency histogram updated with atomic adds instead of a lock (the
+/// library's histogram takes a write lock per observation, which every
+/// request on every core would contend for). Buckets are in seconds.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram(Arc<HistogramCells>);
+
+#[derive(Debug)]
+struct HistogramCells {
+    bounds: Vec<f64>,
+    /// One more than `bounds`: the last counts observations above them all.
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        // 100 µs .. ~52 s
+        let bounds: Vec<f64> = exponential_buckets(0.0001, 2.0, 20).collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self(Arc::new(HistogramCells {
+            bounds,
+            counts,
+            sum_nanos: AtomicU64::new(0),
+        }))
+    }
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&self, latency: Duration) {
+        let cells = &self.0;
+        let secs = latency.as_secs_f64();
+        let bucket = cells.bounds.partition_point(|bound| *bound < secs);
+        cells.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for LatencyHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let cells = &self.0;
+        let buckets: Vec<(f64, u64)> = cells
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(cells.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = Duration::from_nanos(cells.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
     }
 }
 
@@ -150,13 +287,6 @@ struct LimitLabels {
     reason: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 100 µs .. ~52 s
-    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
-}
-
 /// One finished request, as the access log sees it.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -179,10 +309,11 @@ pub struct Finished {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    outcomes: Family<OutcomeLabels, Counter>,
     upstream_requests: Family<UpstreamLabels, Counter>,
-    upstream_duration: HistogramFamily<RouteLabels>,
-    request_duration: HistogramFamily<RouteLabels>,
+    /// The families' members for every route and outcome, resolved once.
+    upstream_latency: [LatencyHistogram; ROUTES.len()],
+    request_latency: [LatencyHistogram; ROUTES.len()],
+    outcome_counters: [Counter; OUTCOMES.len()],
     saved: Family<ClientLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     client_requests: Family<ClientLabels, Counter>,
@@ -221,7 +352,7 @@ impl Metrics {
             "Requests answered, by client, route class and status",
             requests.clone(),
         );
-        let outcomes = Family::default();
+        let outcomes: Family<OutcomeLabels, Counter> = Family::default();
         registry.register(
             "cache_outcomes",
             "Responses by X-Cache outcome",
@@ -233,15 +364,13 @@ impl Metrics {
             "Calls made to the upstream API, by route class and status (0: no response)",
             upstream_requests.clone(),
         );
-        let upstream_duration: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
+        let upstream_duration: Family<RouteLabels, LatencyHistogram> = Family::default();
         registry.register(
             "upstream_duration_seconds",
             "Upstream latency until the response head",
             upstream_duration.clone(),
         );
-        let request_duration: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
+        let request_duration: Family<RouteLabels, LatencyHistogram> = Family::default();
         registry.register(
             "request_duration_seconds",
             "End-to-end latency until the last byte of the response",
@@ -367,13 +496,17 @@ impl Metrics {
             "Flights answered by another replica's upstream call",
             redis_remote_flights.clone(),
         );
+        let by_route = |family: &Family<RouteLabels, LatencyHistogram>| {
+            ROUTES.map(|route| family.get_or_create(&RouteLabels { route }).clone())
+        };
         Self {
             registry,
+            upstream_latency: by_route(&upstream_duration),
+            request_latency: by_route(&request_duration),
+            outcome_counters: OUTCOMES
+                .map(|outcome| outcomes.get_or_create(&OutcomeLabels { outcome }).clone()),
             requests,
-            outcomes,
             upstream_requests,
-            upstream_duration,
-            request_duration,
             saved,
             rate_limited,
             client_requests,
@@ -409,36 +542,37 @@ impl Metrics {
     /// A request finished (its body ended or the client went away).
     pub fn finished(&self, done: &Finished) {
         self.in_flight.dec();
-        self.requests
-            .get_or_create(&RequestLabels {
-                client: done.client.clone(),
-                route: done.route,
-                status: done.status,
-            })
-            .inc();
-        self.outcomes
-            .get_or_create(&OutcomeLabels {
-                outcome: done.outcome,
-            })
-            .inc();
-        let client = ClientLabels {
-            client: done.client.clone(),
-        };
-        self.client_requests.get_or_create(&client).inc();
+        let client = done
+            .client
+            .hot
+            .get_or_init(|| self.client_counters(&done.client));
+        let route = done.route as usize;
+        if done.status == 200 {
+            client.ok[route].inc();
+        } else {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    client: done.client.clone(),
+                    route: done.route,
+                    status: done.status,
+                })
+                .inc();
+        }
+        self.outcome_counters[done.outcome as usize].inc();
+        client.requests.inc();
         if done.outcome == CacheOutcome::Hit {
-            self.client_hits.get_or_create(&client).inc();
+            client.hits.inc();
         }
         if done.status == 429 {
-            self.client_limited.get_or_create(&client).inc();
-        }
-        if matches!(done.outcome, CacheOutcome::Hit | CacheOutcome::Coalesced) {
-            self.saved
+            self.client_limited
                 .get_or_create(&ClientLabels {
                     client: done.client.clone(),
                 })
                 .inc();
         }
-        let route = RouteLabels { route: done.route };
+        if matches!(done.outcome, CacheOutcome::Hit | CacheOutcome::Coalesced) {
+            client.saved.inc();
+        }
         if let Some((status, latency)) = done.upstream {
             self.upstream_requests
                 .get_or_create(&UpstreamLabels {
@@ -446,13 +580,30 @@ impl Metrics {
                     status,
                 })
                 .inc();
-            self.upstream_duration
-                .get_or_create(&route)
-                .observe(latency.as_secs_f64());
+            self.upstream_latency[route].observe(latency);
         }
-        self.request_duration
-            .get_or_create(&route)
-            .observe(done.latency.as_secs_f64());
+        self.request_latency[route].observe(done.latency);
+    }
+
+    /// Looks a client's counters up in the families (once per client label).
+    fn client_counters(&self, client: &ClientLabel) -> ClientCounters {
+        let labels = ClientLabels {
+            client: client.clone(),
+        };
+        ClientCounters {
+            ok: ROUTES.map(|route| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        client: client.clone(),
+                        route,
+                        status: 200,
+                    })
+                    .clone()
+            }),
+            requests: self.client_requests.get_or_create(&labels).clone(),
+            hits: self.client_hits.get_or_create(&labels).clone(),
+            saved: self.saved.get_or_create(&labels).clone(),
+        }
     }
 
     /// Requests, cache hits and 429s of one client so far.
@@ -477,7 +628,8 @@ impl Metrics {
         for (client, reason, count) in limits.metrics.snapshot() {
             let key = (client.map(str::to_string), reason.as_str());
             let before = seen.insert(key, count).unwrap_or(0);
-            let client = client.map_or_else(ClientLabel::anonymous, |c| ClientLabel(Arc::from(c)));
+            let client =
+                client.map_or_else(ClientLabel::anonymous, |c| ClientLabel::new(Arc::from(c)));
             self.rate_limited
                 .get_or_create(&LimitLabels {
                     client,
@@ -543,5 +695,117 @@ impl Metrics {
             tracing::warn!(%error, "metrics encoding failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::stack::AppState;
+
+    fn state() -> AppState {
+        let toml = format!(
+            "[upstream]\nbase_url = \"http://127.0.0.1:9\"\napi_key_env = \"K\"\n\
+             [[clients]]\nname = \"team\"\nkey_sha256 = \"{}\"\nnamespace = \"ns\"\n",
+            "0".repeat(64)
+        );
+        AppState::new(Config::from_toml(&toml, |_| Some("sk".into())).unwrap()).unwrap()
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix} in\n{text}"))
+    }
+
+    #[test]
+    fn latency_histogram_encodes_cumulative_buckets_count_and_sum() {
+        let mut registry = Registry::default();
+        let family: Family<RouteLabels, LatencyHistogram> = Family::default();
+        registry.register("latency", "test", family.clone());
+        let histogram = family
+            .get_or_create(&RouteLabels {
+                route: RouteClass::Detail,
+            })
+            .clone();
+        for ms in [0, 1, 1, 3000, 100_000] {
+            histogram.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(histogram.count(), 5);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(line(&text, "latency_count{").ends_with(" 5"), "{text}");
+        assert!(line(&text, "latency_sum{").ends_with(" 103.002"), "{text}");
+        // 100 µs holds the 0 ms observation; 1.6 ms adds the two 1 ms ones.
+        assert!(
+            line(&text, "latency_bucket{le=\"0.0001\"").ends_with(" 1"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "latency_bucket{le=\"0.0016\"").ends_with(" 3"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "latency_bucket{le=\"+Inf\"").ends_with(" 5"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_clients_remembered_counters_are_the_exported_series() {
+        let state = state();
+        let metrics = &state.metrics;
+        let label = ClientLabel::new(Arc::from("team"));
+        let finish = |client: &ClientLabel, status, outcome| {
+            metrics.started();
+            metrics.finished(&Finished {
+                client: client.clone(),
+                route: RouteClass::Detail,
+                status,
+                outcome,
+                upstream: None,
+                latency: Duration::from_millis(2),
+            });
+        };
+        finish(&label, 200, CacheOutcome::Hit);
+        finish(&label, 200, CacheOutcome::Miss);
+        // Another label value for the same name shares the series.
+        finish(
+            &ClientLabel::new(Arc::from("team")),
+            404,
+            CacheOutcome::None,
+        );
+        assert_eq!(metrics.client_figures(&label), (3, 1, 0));
+        let text = metrics.encode();
+        assert!(
+            line(
+                &text,
+                "mixpeek_gateway_requests_total{client=\"team\",route=\"detail\",status=\"200\"}"
+            )
+            .ends_with(" 2"),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "mixpeek_gateway_requests_total{client=\"team\",route=\"detail\",status=\"404\"}"
+            )
+            .ends_with(" 1"),
+            "{text}"
+        );
+        assert!(line(
+            &text,
+            "mixpeek_gateway_cache_outcomes_total{outcome=\"HIT\"}"
+        )
+        .ends_with(" 1"));
+        assert!(
+            line(
+                &text,
+                "mixpeek_gateway_request_duration_seconds_count{route=\"detail\"}"
+            )
+            .ends_with(" 3"),
+            "{text}"
+        );
     }
 }

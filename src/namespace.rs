@@ -36,6 +36,11 @@ impl EffectiveNamespace {
     pub fn as_str(&self) -> &str {
         &self.client.allowed_namespaces[self.index]
     }
+
+    /// The namespace, shared (no copy).
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        self.client.allowed_namespaces[self.index].clone()
+    }
 }
 
 /// The namespace predicate, used as a [`tower::filter::Filter`] below
@@ -66,7 +71,7 @@ fn resolve<B>(request: &Request<B>) -> Result<EffectiveNamespace, GatewayError> 
         client
             .allowed_namespaces
             .iter()
-            .position(|allowed| allowed == ns)
+            .position(|allowed| **allowed == *ns)
             .ok_or_else(|| {
                 GatewayError::Forbidden(format!(
                     "namespace {:?} is not allowed for client {}",

@@ -35,8 +35,8 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// Records the authenticated client.
-    pub fn set_client(&self, name: &Arc<str>) {
-        let _ = self.client.set(ClientLabel(name.clone()));
+    pub fn set_client(&self, label: &ClientLabel) {
+        let _ = self.client.set(label.clone());
     }
 
     /// Records the route class.
@@ -217,7 +217,7 @@ fn record(state: PendingState, status: u16, outcome: CacheOutcome, completed: bo
         tracing::info!(
             target: "access",
             request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            client = &*finished.client.0,
+            client = finished.client.name(),
             method = method.as_str(),
             route = finished.route.as_str(),
             status = finished.status,

@@ -50,7 +50,7 @@ impl StatusFigures {
                 .into_iter()
                 .map(|label| {
                     let (requests, hits, limited) = metrics.client_figures(&label);
-                    (label.0.to_string(), requests, hits, limited)
+                    (label.name().to_string(), requests, hits, limited)
                 })
                 .collect(),
             upstream_paused,

@@ -5,6 +5,8 @@
 //! be served another's data (BerriAI/litellm #29955). Keys do not carry the
 //! client: two teams on one namespace share entries (Kong/kong #5887).
 
+use std::sync::Arc;
+
 use http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -12,8 +14,8 @@ use sha2::{Digest, Sha256};
 /// A cache or flight key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    /// The effective namespace.
-    pub namespace: String,
+    /// The effective namespace (shared with the client's config).
+    pub namespace: Arc<str>,
     /// The canonical path.
     pub path: String,
     /// Query parameters, decoded, sorted and re-encoded (lists only).
@@ -38,9 +40,9 @@ impl CacheKey {
     /// The key of an execution detail: namespace and path. The detail
     /// routes take no query parameters (`namespace` is the key's own
     /// field), so the query is not part of it.
-    pub fn detail(namespace: &str, path: String) -> Self {
+    pub fn detail(namespace: impl Into<Arc<str>>, path: String) -> Self {
         Self {
-            namespace: namespace.to_string(),
+            namespace: namespace.into(),
             path,
             query: String::new(),
             body: BodyKey::Detail,
@@ -50,17 +52,18 @@ impl CacheKey {
     /// The key of a list query, or `None` when the body is not JSON (such a
     /// request is forwarded alone).
     pub fn list(
-        namespace: &str,
+        namespace: impl Into<Arc<str>>,
         path: String,
         raw_query: Option<&str>,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Option<Self> {
+        let body = list_body_key(headers, body)?;
         Some(Self {
-            namespace: namespace.to_string(),
+            namespace: namespace.into(),
             path,
             query: canonical_query(raw_query),
-            body: list_body_key(headers, body)?,
+            body,
         })
     }
 

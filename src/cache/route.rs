@@ -54,14 +54,125 @@ pub fn classify(method: &Method, raw_path: &str) -> Route {
     if !raw_path.starts_with("/v1/retrievers/") {
         return Route::PassThrough;
     }
+    // The common case: a path already in canonical form (nothing encoded,
+    // nothing to encode) is matched and keyed as it is, without copying
+    // its segments.
+    if let Some(slashes) = canonical_slashes(raw_path) {
+        let (slashes, count) = slashes;
+        let bytes = raw_path.as_bytes();
+        let mut segments = [&b""[..]; MAX_FAST_SEGMENTS];
+        for (i, segment) in segments.iter_mut().enumerate().take(count) {
+            let end = if i + 1 < count {
+                slashes[i + 1]
+            } else {
+                bytes.len()
+            };
+            *segment = &bytes[slashes[i] + 1..end];
+        }
+        let prefix = |depth: usize| -> String {
+            let end = if depth < count {
+                slashes[depth]
+            } else {
+                bytes.len()
+            };
+            raw_path[..end].to_owned()
+        };
+        return route_for(method, is_mutation, shape_of(&segments[..count]), prefix);
+    }
+    classify_decoded(method, is_mutation, raw_path)
+}
+
+/// The general way: decode every segment, match, re-encode.
+fn classify_decoded(method: &Method, is_mutation: bool, raw_path: &str) -> Route {
     let segments = decode_segments(raw_path);
     let s: Vec<&[u8]> = segments.iter().map(|c| c.as_ref()).collect();
-    let shape = match s.as_slice() {
-        [b"v1", b"retrievers", b"executions", b"list"] => Shape::List,
-        [b"v1", b"retrievers", _, b"executions", b"list"] => Shape::List,
-        [b"v1", b"retrievers", b"executions", id] if !id.is_empty() => Shape::Detail,
+    route_for(method, is_mutation, shape_of(&s), |depth| {
+        canonical_path(&segments[..depth.min(segments.len())])
+    })
+}
+
+/// More segments than any cached route has; longer paths take the slow way.
+const MAX_FAST_SEGMENTS: usize = 8;
+
+/// When `raw_path` is its own canonical form (it starts with `/` and holds
+/// only `/` and unreserved bytes) and has at most [`MAX_FAST_SEGMENTS`]
+/// segments: the offsets of its slashes and the number of segments.
+fn canonical_slashes(raw_path: &str) -> Option<([usize; MAX_FAST_SEGMENTS], usize)> {
+    const fn table() -> [u8; 256] {
+        // 1: unreserved, 2: slash, 0: anything else.
+        let mut t = [0u8; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            if c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_' || c == b'~' {
+                t[b] = 1;
+            }
+            b += 1;
+        }
+        t[b'/' as usize] = 2;
+        t
+    }
+    static CLASS: [u8; 256] = table();
+    let bytes = raw_path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return None;
+    }
+    let mut slashes = [0usize; MAX_FAST_SEGMENTS];
+    let mut count = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match CLASS[usize::from(b)] {
+            1 => {}
+            2 => {
+                if count == MAX_FAST_SEGMENTS {
+                    return None;
+                }
+                slashes[count] = i;
+                count += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some((slashes, count))
+}
+
+/// What a request with this shape is; `path(depth)` is the canonical path
+/// of its first `depth` segments.
+fn route_for(
+    method: &Method,
+    is_mutation: bool,
+    shape: Shape,
+    path: impl Fn(usize) -> String,
+) -> Route {
+    match shape {
+        Shape::Detail(depth) if *method == Method::GET => Route::Detail { path: path(depth) },
+        Shape::List(depth) if *method == Method::POST => Route::List { path: path(depth) },
+        Shape::Detail(depth) if is_mutation => Route::Invalidate {
+            path: path(depth),
+            exact_detail: true,
+        },
+        Shape::BelowDetail(depth) if is_mutation => Route::Invalidate {
+            path: path(depth),
+            exact_detail: true,
+        },
+        // Deleting a retriever may take its executions with it; updating
+        // it does not change executions that already ran.
+        Shape::Parent(depth) if *method == Method::DELETE => Route::Invalidate {
+            path: path(depth),
+            exact_detail: false,
+        },
+        _ => Route::PassThrough,
+    }
+}
+
+/// The shape of a path, from its decoded segments.
+fn shape_of(s: &[&[u8]]) -> Shape {
+    let depth = s.len();
+    match s {
+        [b"v1", b"retrievers", b"executions", b"list"] => Shape::List(depth),
+        [b"v1", b"retrievers", _, b"executions", b"list"] => Shape::List(depth),
+        [b"v1", b"retrievers", b"executions", id] if !id.is_empty() => Shape::Detail(depth),
         [b"v1", b"retrievers", rid, b"executions", id] if !rid.is_empty() && !id.is_empty() => {
-            Shape::Detail
+            Shape::Detail(depth)
         }
         // Below a detail: nothing is cached there, but the detail itself
         // is "at or above" it.
@@ -75,42 +186,20 @@ pub fn classify(method: &Method, raw_path: &str) -> Route {
         [b"v1", b"retrievers", x] | [b"v1", b"retrievers", x, b"executions"]
             if !x.is_empty() && *x != b"execute" =>
         {
-            Shape::Parent
+            Shape::Parent(depth)
         }
         _ => Shape::Other,
-    };
-    match shape {
-        Shape::Detail if *method == Method::GET => Route::Detail {
-            path: canonical_path(&segments),
-        },
-        Shape::List if *method == Method::POST => Route::List {
-            path: canonical_path(&segments),
-        },
-        Shape::Detail if is_mutation => Route::Invalidate {
-            path: canonical_path(&segments),
-            exact_detail: true,
-        },
-        Shape::BelowDetail(depth) if is_mutation => Route::Invalidate {
-            path: canonical_path(&segments[..depth]),
-            exact_detail: true,
-        },
-        // Deleting a retriever may take its executions with it; updating
-        // it does not change executions that already ran.
-        Shape::Parent if *method == Method::DELETE => Route::Invalidate {
-            path: canonical_path(&segments),
-            exact_detail: false,
-        },
-        _ => Route::PassThrough,
     }
 }
 
+/// A route's shape; each carries the number of segments its canonical path keeps.
 #[derive(Debug, Clone, Copy)]
 enum Shape {
-    Detail,
-    List,
+    Detail(usize),
+    List(usize),
     /// A path below a detail; the number of segments of that detail.
     BelowDetail(usize),
-    Parent,
+    Parent(usize),
     Other,
 }
 
@@ -152,6 +241,34 @@ mod tests {
 
     fn detail(p: &str) -> Route {
         Route::Detail { path: p.into() }
+    }
+
+    proptest::proptest! {
+        /// The copy-free way for canonical paths agrees with the general one.
+        #[test]
+        fn fast_path_agrees_with_decoding(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "v1", "retrievers", "executions", "list", "execute", "x", "ret_1", "", "a.b-c~d_e",
+                ]),
+                0..10,
+            ),
+            method in proptest::sample::select(vec![
+                Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::HEAD,
+            ]),
+            prefixed in proptest::bool::ANY,
+        ) {
+            let tail = parts.join("/");
+            let path = if prefixed { format!("/v1/retrievers/{tail}") } else { format!("/{tail}") };
+            let is_mutation = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+            let expected = if method == Method::GET || is_mutation {
+                classify_decoded(&method, is_mutation, &path)
+            } else {
+                Route::PassThrough
+            };
+            let expected = if path.starts_with("/v1/retrievers/") { expected } else { Route::PassThrough };
+            proptest::prop_assert_eq!(classify(&method, &path), expected);
+        }
     }
 
     #[test]

@@ -410,11 +410,11 @@ where
     }
 }
 
-fn namespace_of<B>(request: &Request<B>) -> Result<String, GatewayError> {
+fn namespace_of<B>(request: &Request<B>) -> Result<Arc<str>, GatewayError> {
     request
         .extensions()
         .get::<EffectiveNamespace>()
-        .map(|ns| ns.as_str().to_string())
+        .map(EffectiveNamespace::shared)
         .ok_or(GatewayError::Internal("no namespace resolved"))
 }
 
@@ -424,7 +424,7 @@ async fn detail<B>(
     request: Request<B>,
     path: String,
 ) -> Result<Response<Body>, BoxError> {
-    let key = CacheKey::detail(&namespace_of(&request)?, path);
+    let key = CacheKey::detail(namespace_of(&request)?, path);
     if !policy::request_skips_lookup(request.headers()) {
         if let Some(entry) = state.store.get(&key).await {
             bump(&state.metrics.hits);
@@ -463,7 +463,7 @@ where
     let (parts, body) = request.into_parts();
     // Bounded by the body limit layer above: over it, this is a 413.
     let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
-    let key = CacheKey::list(&namespace, path, parts.uri.query(), &parts.headers, &bytes);
+    let key = CacheKey::list(namespace, path, parts.uri.query(), &parts.headers, &bytes);
     let Some(key) = key else {
         // Not JSON: the API will answer 422; don't share that guess.
         bump(&state.metrics.bypassed);

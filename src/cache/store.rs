@@ -170,7 +170,7 @@ impl Store {
         // Only fails when invalidation closures are disabled, and they are
         // enabled above.
         let _ = self.cache.invalidate_entries_if(move |key, _| {
-            key.namespace == namespace && is_at_or_below(&key.path, &path)
+            *key.namespace == *namespace && is_at_or_below(&key.path, &path)
         });
     }
 
