@@ -147,6 +147,10 @@ pub struct ServerConfig {
     pub admin_key_sha256: Option<[u8; 32]>,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// A connection with no request started or in flight for this long is
+    /// closed (idle keep-alive connections, and clients that never finish
+    /// their request head).
+    pub idle_timeout: Duration,
     /// Failed authentications (401) one peer IP may cause per minute before
     /// it is answered 429 for the rest of that minute.
     pub auth_failures_per_minute: NonZeroU32,
@@ -340,6 +344,10 @@ struct RawLog {
     format: LogFormat,
 }
 
+/// Bounds of `server.idle_timeout_ms`: 30 ms to one day.
+const MIN_IDLE_TIMEOUT_MS: u64 = 30;
+const MAX_IDLE_TIMEOUT_MS: u64 = 86_400_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
@@ -349,6 +357,7 @@ struct RawServer {
     tls_key_file: Option<PathBuf>,
     admin_key_sha256: Option<String>,
     shutdown_grace_ms: u64,
+    idle_timeout_ms: u64,
     auth_failures_per_minute: u32,
 }
 
@@ -361,6 +370,7 @@ impl Default for RawServer {
             tls_key_file: None,
             admin_key_sha256: None,
             shutdown_grace_ms: 10_000,
+            idle_timeout_ms: 30_000,
             auth_failures_per_minute: 30,
         }
     }
@@ -690,12 +700,19 @@ impl RawServer {
             NonZeroU32::new(self.auth_failures_per_minute).ok_or_else(|| {
                 ConfigError::new("server.auth_failures_per_minute", "must be greater than 0")
             })?;
+        if !(MIN_IDLE_TIMEOUT_MS..=MAX_IDLE_TIMEOUT_MS).contains(&self.idle_timeout_ms) {
+            return Err(ConfigError::new(
+                "server.idle_timeout_ms",
+                format!("must be between {MIN_IDLE_TIMEOUT_MS} and {MAX_IDLE_TIMEOUT_MS}"),
+            ));
+        }
         Ok(ServerConfig {
             listen,
             max_body_bytes,
             tls,
             admin_key_sha256,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             auth_failures_per_minute,
         })
     }

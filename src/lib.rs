@@ -17,6 +17,7 @@ pub mod cache_status;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod endpoints;
 pub mod error;

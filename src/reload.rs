@@ -130,6 +130,9 @@ fn restart_required(running: &Config, fresh: &Config) -> Vec<&'static str> {
     if a.shutdown_grace != b.shutdown_grace {
         keys.push("server.shutdown_grace_ms");
     }
+    if a.idle_timeout != b.idle_timeout {
+        keys.push("server.idle_timeout_ms");
+    }
     if a.auth_failures_per_minute != b.auth_failures_per_minute {
         keys.push("server.auth_failures_per_minute");
     }

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -22,6 +21,7 @@ use tower::ServiceExt;
 
 use crate::body::BoxError;
 use crate::config::Config;
+use crate::connections::Connections;
 use crate::stack::{self, AppState};
 
 /// Time allowed for a client's TLS handshake.
@@ -48,13 +48,15 @@ pub async fn serve(
         None => None,
     };
     let app = stack::app(&state);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // A client that never finishes its headers must not hold a slot forever.
-        .header_read_timeout(Duration::from_secs(30));
-    let graceful = GracefulShutdown::new();
+    // No per-request header timer (see `connections`): idle connections and
+    // unfinished request heads are closed by the sweeper.
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connections = Connections::new();
+    let sweeper = tokio::spawn(
+        connections
+            .clone()
+            .sweep_every(state.config.server.idle_timeout),
+    );
     tokio::pin!(shutdown);
 
     loop {
@@ -71,26 +73,28 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone().map_request(
+        let connection = connections.open();
+        let service = TowerToHyperService::new(connection.track(app.clone().map_request(
             move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(PeerAddr(peer));
                 request
             },
-        ));
+        )));
         match &tls {
             None => {
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
+                let builder = builder.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    let served =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Some(Err(error)) =
+                        connection.serve(served, |c| c.graceful_shutdown()).await
+                    {
                         tracing::debug!(%peer, error = %error, "connection closed with error");
                     }
                 });
             }
             Some(acceptor) => {
-                let (acceptor, builder, watcher) =
-                    (acceptor.clone(), builder.clone(), graceful.watcher());
+                let (acceptor, builder) = (acceptor.clone(), builder.clone());
                 tokio::spawn(async move {
                     let stream = match tokio::time::timeout(
                         HANDSHAKE_TIMEOUT,
@@ -108,9 +112,11 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let connection =
+                    let served =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(error) = watcher.watch(connection.into_owned()).await {
+                    if let Some(Err(error)) =
+                        connection.serve(served, |c| c.graceful_shutdown()).await
+                    {
                         tracing::debug!(%peer, error = %error, "connection closed with error");
                     }
                 });
@@ -125,10 +131,12 @@ pub async fn serve(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining in-flight requests"
     );
+    connections.drain();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = connections.drained() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period expired"),
     }
+    sweeper.abort();
     Ok(())
 }
 

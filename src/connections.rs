@@ -1,0 +1,375 @@
+//! The open client connections: closing the idle ones and draining them all
+//! on shutdown, without a timer per request.
+//!
+//! hyper's own `header_read_timeout` arms a timer for every request head it
+//! reads (a boxed sleep registered in and removed from the runtime's timer
+//! wheel each time), which measured ≈10 % of cache-hit throughput. Instead,
+//! each connection counts the requests it starts and those still being
+//! answered, and one sweeper task looks at every connection a few times per
+//! `server.idle_timeout_ms`:
+//!
+//! - a connection that started no request and had none in flight for the
+//!   whole timeout is asked to shut down gracefully — an idle keep-alive
+//!   connection closes at once, an HTTP/2 connection gets GOAWAY;
+//! - if it is still open one sweep later with nothing in flight — a client
+//!   that never finishes its request head (slowloris) — it is dropped.
+//!
+//! A response still being sent (a long SSE stream) or a request body still
+//! arriving keeps its connection open. On shutdown every connection is
+//! asked to shut down gracefully, and [`Connections::drained`] resolves when
+//! the last one has closed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::Notify;
+
+/// How many sweeps make one idle timeout.
+const SWEEPS_PER_TIMEOUT: u32 = 3;
+
+const OPEN: u8 = 0;
+const CLOSE_GRACEFULLY: u8 = 1;
+const DROP: u8 = 2;
+
+/// What one connection tells the sweeper, and the sweeper tells it.
+#[derive(Debug, Default)]
+struct ConnState {
+    /// Requests started on the connection.
+    started: AtomicU64,
+    /// Requests whose response body has not been dropped yet.
+    in_flight: AtomicU32,
+    /// OPEN, CLOSE_GRACEFULLY or DROP.
+    signal: AtomicU8,
+    waker: AtomicWaker,
+    // The sweeper's own bookkeeping.
+    seen_started: AtomicU64,
+    idle_sweeps: AtomicU32,
+}
+
+impl ConnState {
+    fn signal(&self, signal: u8) {
+        if self.signal.fetch_max(signal, Ordering::AcqRel) < signal {
+            self.waker.wake();
+        }
+    }
+}
+
+/// Every open connection of one server.
+#[derive(Debug, Default)]
+pub struct Connections {
+    live: Mutex<HashMap<u64, Arc<ConnState>>>,
+    next_id: AtomicU64,
+    draining: std::sync::atomic::AtomicBool,
+    closed: Notify,
+}
+
+impl Connections {
+    /// A new, empty set.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Registers a connection being accepted.
+    pub fn open(self: &Arc<Self>) -> Connection {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState::default());
+        let signal = if self.draining.load(Ordering::Acquire) {
+            CLOSE_GRACEFULLY
+        } else {
+            OPEN
+        };
+        state.signal.store(signal, Ordering::Release);
+        self.lock().insert(id, state.clone());
+        Connection {
+            id,
+            state,
+            set: self.clone(),
+        }
+    }
+
+    /// Number of open connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks every connection, and every one accepted from now on, to shut
+    /// down gracefully.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        for state in self.lock().values() {
+            state.signal(CLOSE_GRACEFULLY);
+        }
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn drained(&self) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// Closes idle connections, forever: run it as a task.
+    pub async fn sweep_every(self: Arc<Self>, idle_timeout: Duration) {
+        let mut ticks = tokio::time::interval(idle_timeout / SWEEPS_PER_TIMEOUT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            self.sweep();
+        }
+    }
+
+    /// One look at every connection.
+    fn sweep(&self) {
+        for state in self.lock().values() {
+            let started = state.started.load(Ordering::Acquire);
+            let busy = state.in_flight.load(Ordering::Acquire) > 0;
+            if busy || state.seen_started.swap(started, Ordering::Relaxed) != started {
+                state.idle_sweeps.store(0, Ordering::Relaxed);
+                continue;
+            }
+            let idle = state.idle_sweeps.fetch_add(1, Ordering::Relaxed) + 1;
+            if idle > SWEEPS_PER_TIMEOUT {
+                state.signal(DROP);
+            } else if idle == SWEEPS_PER_TIMEOUT {
+                state.signal(CLOSE_GRACEFULLY);
+            }
+        }
+    }
+}
+
+/// One open connection's registration; dropping it unregisters.
+#[derive(Debug)]
+pub struct Connection {
+    id: u64,
+    state: Arc<ConnState>,
+    set: Arc<Connections>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let empty = {
+            let mut live = self.set.lock();
+            live.remove(&self.id);
+            live.is_empty()
+        };
+        if empty {
+            self.set.closed.notify_waiters();
+        }
+    }
+}
+
+impl Connection {
+    /// Wraps the connection's service so that its requests are counted.
+    pub fn track<S>(&self, inner: S) -> TrackRequests<S> {
+        TrackRequests {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+
+    #[cfg(test)]
+    fn request_started(&self) -> InFlight {
+        request_started(&self.state)
+    }
+
+    /// Serves `connection` until it ends, shutting it down gracefully with
+    /// `graceful` when asked to, and dropping it when told to.
+    pub async fn serve<C, T>(
+        self,
+        connection: C,
+        mut graceful: impl FnMut(Pin<&mut C>),
+    ) -> Option<T>
+    where
+        C: Future<Output = T>,
+    {
+        tokio::pin!(connection);
+        let mut shutting_down = false;
+        std::future::poll_fn(|cx| {
+            match self.state.signal.load(Ordering::Acquire) {
+                DROP => return Poll::Ready(None),
+                CLOSE_GRACEFULLY if !shutting_down => {
+                    shutting_down = true;
+                    graceful(connection.as_mut());
+                }
+                _ => {}
+            }
+            self.state.waker.register(cx.waker());
+            connection.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+}
+
+/// Counts a request starting; the guard counts it finished when dropped.
+fn request_started(state: &Arc<ConnState>) -> InFlight {
+    state.started.fetch_add(1, Ordering::Release);
+    state.in_flight.fetch_add(1, Ordering::AcqRel);
+    InFlight(state.clone())
+}
+
+/// A connection's service, counting the requests it answers (see
+/// [`Connection::track`]): a request is in flight from its call until its
+/// response body is dropped, or its future is if it never responds.
+#[derive(Clone, Debug)]
+pub struct TrackRequests<S> {
+    inner: S,
+    state: Arc<ConnState>,
+}
+
+impl<S, R, B> tower::Service<R> for TrackRequests<S>
+where
+    S: tower::Service<R, Response = http::Response<B>>,
+{
+    type Response = http::Response<InFlightBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        TrackedFuture {
+            in_flight: Some(request_started(&self.state)),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`TrackRequests`].
+    #[derive(Debug)]
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<InFlightBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|inner| InFlightBody { inner, in_flight })))
+    }
+}
+
+/// A request being answered on a connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its request's [`InFlight`] until dropped.
+    #[derive(Debug)]
+    pub struct InFlightBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: HttpBody<Data = Bytes>> HttpBody for InFlightBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connections_are_closed_gracefully_then_dropped() {
+        let set = Connections::new();
+        let idle = set.open();
+        let busy = set.open();
+        let active = set.open();
+        let _streaming = busy.request_started();
+        for sweep in 1..=SWEEPS_PER_TIMEOUT + 1 {
+            drop(active.request_started());
+            set.sweep();
+            let expected = match sweep {
+                s if s < SWEEPS_PER_TIMEOUT => OPEN,
+                s if s == SWEEPS_PER_TIMEOUT => CLOSE_GRACEFULLY,
+                _ => DROP,
+            };
+            assert_eq!(
+                idle.state.signal.load(Ordering::Relaxed),
+                expected,
+                "sweep {sweep}"
+            );
+            assert_eq!(busy.state.signal.load(Ordering::Relaxed), OPEN);
+            assert_eq!(active.state.signal.load(Ordering::Relaxed), OPEN);
+        }
+    }
+
+    #[tokio::test]
+    async fn drain_signals_every_connection_and_resolves_when_all_closed() {
+        let set = Connections::new();
+        let a = set.open();
+        let b = set.open();
+        set.drain();
+        assert_eq!(a.state.signal.load(Ordering::Relaxed), CLOSE_GRACEFULLY);
+        let late = set.open();
+        assert_eq!(late.state.signal.load(Ordering::Relaxed), CLOSE_GRACEFULLY);
+        let drained = tokio::spawn({
+            let set = set.clone();
+            async move { set.drained().await }
+        });
+        drop((a, late));
+        assert_eq!(set.len(), 1);
+        drop(b);
+        drained.await.unwrap();
+        assert!(set.is_empty());
+    }
+}

@@ -1,0 +1,132 @@
+//! Connection lifetimes: idle keep-alive connections and clients that never
+//! finish their request head are closed after `server.idle_timeout_ms`;
+//! a response still streaming keeps its connection open.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use mixpeek_gateway::sim::SimConfig;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const IDLE: Duration = Duration::from_millis(300);
+
+async fn harness(sim: SimConfig) -> Harness {
+    Harness::with(sim, &format!("idle_timeout_ms = {}", IDLE.as_millis()), "").await
+}
+
+/// Reads until the gateway closes the connection; everything it sent.
+async fn until_closed(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the gateway closed the connection")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_request_head_never_finished_is_closed_even_while_it_dribbles() {
+    let h = harness(SimConfig::new(REAL_KEY)).await;
+    let mut stream = TcpStream::connect(h.gateway.addr).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"GET /v1/collections HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .unwrap();
+    // Slowloris: a header line now and then, never the blank line.
+    let (mut read, mut write) = stream.into_split();
+    let dribble = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(50));
+        for i in 0..200 {
+            ticks.tick().await;
+            if write
+                .write_all(format!("x-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut out))
+        .await
+        .expect("the gateway closed the connection")
+        .ok();
+    assert!(
+        started.elapsed() >= IDLE,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(out.is_empty(), "no response to an unfinished head: {out:?}");
+    dribble.abort();
+    assert_eq!(h.sim.count("other"), 0);
+    // The gateway keeps serving.
+    assert_eq!(
+        h.client.get("/v1/collections", SEARCH_KEY).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_its_last_response() {
+    let h = harness(SimConfig::new(REAL_KEY)).await;
+    let mut stream = TcpStream::connect(h.gateway.addr).await.unwrap();
+    let request = format!(
+        "GET /v1/collections HTTP/1.1\r\nhost: a\r\nauthorization: Bearer {SEARCH_KEY}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answered = Instant::now();
+    let out = until_closed(&mut stream).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        answered.elapsed() >= IDLE,
+        "closed after {:?}",
+        answered.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut sim = SimConfig::new(REAL_KEY);
+    sim.sse_interval = Duration::ZERO;
+    sim.sse_gate = Some(gate.clone());
+    let h = harness(sim).await;
+
+    let request = h
+        .client
+        .request(Method::POST, "/v1/retrievers/execute")
+        .header("authorization", format!("Bearer {SEARCH_KEY}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"stream": true, "inputs": {"q": "cats"}}"#,
+        )))
+        .unwrap();
+    let response = h.client.send_streaming(request).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(std::str::from_utf8(&first).unwrap().contains("stage"));
+
+    // An idle connection opened now is closed by the sweeps: once it is,
+    // the stream has been quiet for longer than the idle timeout.
+    let mut idle = TcpStream::connect(h.gateway.addr).await.unwrap();
+    until_closed(&mut idle).await;
+
+    gate.add_permits(16);
+    let mut rest = String::from_utf8_lossy(&first).into_owned();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("the stream was not cut").into_data() {
+            rest.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    assert!(rest.contains("event: complete"), "{rest}");
+}
