@@ -151,6 +151,8 @@ pub struct ServerConfig {
     /// closed (idle keep-alive connections, and clients that never finish
     /// their request head).
     pub idle_timeout: Duration,
+    /// Threads serving connections, each with its own runtime.
+    pub workers: std::num::NonZeroUsize,
     /// Failed authentications (401) one peer IP may cause per minute before
     /// it is answered 429 for the rest of that minute.
     pub auth_failures_per_minute: NonZeroU32,
@@ -347,6 +349,8 @@ struct RawLog {
 /// Bounds of `server.idle_timeout_ms`: 30 ms to one day.
 const MIN_IDLE_TIMEOUT_MS: u64 = 30;
 const MAX_IDLE_TIMEOUT_MS: u64 = 86_400_000;
+/// Largest `server.workers`.
+const MAX_WORKERS: u64 = 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -358,6 +362,8 @@ struct RawServer {
     admin_key_sha256: Option<String>,
     shutdown_grace_ms: u64,
     idle_timeout_ms: u64,
+    /// 0: one per CPU.
+    workers: u64,
     auth_failures_per_minute: u32,
 }
 
@@ -371,6 +377,7 @@ impl Default for RawServer {
             admin_key_sha256: None,
             shutdown_grace_ms: 10_000,
             idle_timeout_ms: 30_000,
+            workers: 0,
             auth_failures_per_minute: 30,
         }
     }
@@ -706,11 +713,25 @@ impl RawServer {
                 format!("must be between {MIN_IDLE_TIMEOUT_MS} and {MAX_IDLE_TIMEOUT_MS}"),
             ));
         }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::new(
+                "server.workers",
+                format!("must be at most {MAX_WORKERS} (0: one per CPU)"),
+            ));
+        }
+        let workers = match usize::try_from(self.workers)
+            .ok()
+            .and_then(std::num::NonZeroUsize::new)
+        {
+            Some(workers) => workers,
+            None => std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN),
+        };
         Ok(ServerConfig {
             listen,
             max_body_bytes,
             tls,
             admin_key_sha256,
+            workers,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             auth_failures_per_minute,

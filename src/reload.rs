@@ -133,6 +133,9 @@ fn restart_required(running: &Config, fresh: &Config) -> Vec<&'static str> {
     if a.idle_timeout != b.idle_timeout {
         keys.push("server.idle_timeout_ms");
     }
+    if a.workers != b.workers {
+        keys.push("server.workers");
+    }
     if a.auth_failures_per_minute != b.auth_failures_per_minute {
         keys.push("server.auth_failures_per_minute");
     }

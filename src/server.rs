@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
@@ -35,6 +36,13 @@ pub struct PeerAddr(pub SocketAddr);
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains:
 /// `/_gateway/ready` turns 503, the listener closes, and in-flight requests
 /// (streams included) get `server.shutdown_grace_ms` to finish.
+///
+/// Connections are served by `server.workers` threads, each running its own
+/// single-threaded runtime and accepting from the same listening socket —
+/// the nginx/Envoy worker model: a connection stays on the thread that
+/// accepted it, so its requests never hop between cores. Tasks a request
+/// spawns (an upstream call shared by waiters) run on its thread too; the
+/// calling runtime keeps the signal handling and background work.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -47,85 +55,44 @@ pub async fn serve(
         )),
         None => None,
     };
-    let app = stack::app(&state);
-    // No per-request header timer (see `connections`): idle connections and
-    // unfinished request heads are closed by the sweeper.
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let listener = listener.into_std()?;
     let connections = Connections::new();
     let sweeper = tokio::spawn(
         connections
             .clone()
             .sweep_every(state.config.server.idle_timeout),
     );
-    tokio::pin!(shutdown);
-
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for index in 0..state.config.server.workers.get() {
+        let worker = Worker {
+            listener: listener.try_clone()?,
+            app: stack::app(&state),
+            tls: tls.clone(),
+            connections: connections.clone(),
+            stopped: stopped.clone(),
+            grace: state.config.server.shutdown_grace,
         };
-        let _ = stream.set_nodelay(true);
-        let connection = connections.open();
-        let service = TowerToHyperService::new(connection.track(app.clone().map_request(
-            move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(PeerAddr(peer));
-                request
-            },
-        )));
-        match &tls {
-            None => {
-                let builder = builder.clone();
-                tokio::spawn(async move {
-                    let served =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Some(Err(error)) =
-                        connection.serve(served, |c| c.graceful_shutdown()).await
-                    {
-                        tracing::debug!(%peer, error = %error, "connection closed with error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let (acceptor, builder) = (acceptor.clone(), builder.clone());
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let served =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Some(Err(error)) =
-                        connection.serve(served, |c| c.graceful_shutdown()).await
-                    {
-                        tracing::debug!(%peer, error = %error, "connection closed with error");
-                    }
-                });
-            }
-        }
+        let (done, finished) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("gateway-worker-{index}"))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(worker.run()),
+                    Err(error) => tracing::error!(%error, "cannot start a worker runtime"),
+                }
+                let _ = done.send(());
+            })?;
+        workers.push(finished);
     }
-
-    state.readiness.set_draining();
     drop(listener);
+
+    shutdown.await;
+    state.readiness.set_draining();
+    let _ = stop.send(true);
     let grace = state.config.server.shutdown_grace;
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
@@ -136,8 +103,120 @@ pub async fn serve(
         () = connections.drained() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period expired"),
     }
+    // Each worker stops once its listener is closed and its connections
+    // are gone or the grace period is over.
+    for worker in workers {
+        let _ = worker.await;
+    }
     sweeper.abort();
     Ok(())
+}
+
+/// One serving thread's share of the server.
+struct Worker<A> {
+    listener: std::net::TcpListener,
+    app: A,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Connections>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+}
+
+impl<A, B> Worker<A>
+where
+    A: tower::Service<Request<Incoming>, Response = http::Response<B>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    A::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
+{
+    /// Accepts until stopped, then waits for this thread's connections for
+    /// at most the grace period.
+    async fn run(mut self) {
+        let listener = match TcpListener::from_std(self.listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "worker cannot use the listener");
+                return;
+            }
+        };
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = self.stopped.wait_for(|stopped| *stopped) => break,
+            };
+            // Reap finished connection tasks so the set stays small.
+            while tasks.try_join_next().is_some() {}
+            let _ = stream.set_nodelay(true);
+            let connection = self.connections.open();
+            let service = TowerToHyperService::new(connection.track(self.app.clone().map_request(
+                move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(PeerAddr(peer));
+                    request
+                },
+            )));
+            let builder = builder.clone();
+            match &self.tls {
+                None => {
+                    tasks.spawn(async move {
+                        let served =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Some(Err(error)) =
+                            connection.serve(served, |c| c.graceful_shutdown()).await
+                        {
+                            tracing::debug!(%peer, error = %error, "connection closed with error");
+                        }
+                    });
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    tasks.spawn(async move {
+                        let stream =
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let served =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Some(Err(error)) =
+                            connection.serve(served, |c| c.graceful_shutdown()).await
+                        {
+                            tracing::debug!(%peer, error = %error, "connection closed with error");
+                        }
+                    });
+                }
+            }
+        }
+        drop(listener);
+        let grace = tokio::time::sleep(self.grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => if joined.is_none() { break },
+                () = &mut grace => break,
+            }
+        }
+    }
 }
 
 /// A gateway running in the background, for `demo` and the tests.
