@@ -326,7 +326,7 @@ impl Shared {
 
     fn hash(key: &CacheKey) -> String {
         let mut h = Sha256::new();
-        for part in [&*key.namespace, key.path.as_str(), key.query.as_str()] {
+        for part in [&*key.namespace, &*key.path, &*key.query] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }

@@ -17,9 +17,9 @@ pub struct CacheKey {
     /// The effective namespace (shared with the client's config).
     pub namespace: Arc<str>,
     /// The canonical path.
-    pub path: String,
+    pub path: Box<str>,
     /// Query parameters, decoded, sorted and re-encoded (lists only).
-    pub query: String,
+    pub query: Box<str>,
     /// The request body, for list queries.
     pub body: BodyKey,
 }
@@ -43,8 +43,8 @@ impl CacheKey {
     pub fn detail(namespace: impl Into<Arc<str>>, path: String) -> Self {
         Self {
             namespace: namespace.into(),
-            path,
-            query: String::new(),
+            path: path.into_boxed_str(),
+            query: Box::default(),
             body: BodyKey::Detail,
         }
     }
@@ -61,8 +61,8 @@ impl CacheKey {
         let body = list_body_key(headers, body)?;
         Some(Self {
             namespace: namespace.into(),
-            path,
-            query: canonical_query(raw_query),
+            path: path.into_boxed_str(),
+            query: canonical_query(raw_query).into_boxed_str(),
             body,
         })
     }

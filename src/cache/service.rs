@@ -710,6 +710,17 @@ async fn fly_shared(
     }
 }
 
+/// A header value to keep in an entry: the API's own content type is a
+/// shared constant (no allocation per entry), anything else a copy.
+fn stored_header_value(value: &[u8]) -> Option<HeaderValue> {
+    const JSON: &str = "application/json";
+    if value == JSON.as_bytes() {
+        Some(HeaderValue::from_static(JSON))
+    } else {
+        HeaderValue::from_bytes(value).ok()
+    }
+}
+
 /// The upstream call of a flight: fetch, buffer, store if allowed.
 async fn fly(
     state: &CacheState,
@@ -740,7 +751,7 @@ async fn fly(
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+            .and_then(|v| stored_header_value(v.as_bytes()));
         let stored = Bytes::copy_from_slice(&bytes);
         state
             .store
