@@ -2,7 +2,13 @@
 //! request with one static body from memory, served with the same hyper
 //! builder the gateway uses. Nothing a hyper-based server can do is faster.
 //!
-//! `cargo run --release --example static_server -- 127.0.0.1:9100 body.json`
+//! `cargo run --release --example static_server -- 127.0.0.1:9100 body.json [per-thread]`
+//!
+//! By default it runs on tokio's multi-threaded runtime, as hyper's own
+//! examples do. With `per-thread` it uses the gateway's worker model
+//! instead — one single-threaded runtime per CPU, all accepting from one
+//! listening socket — so the gateway can also be compared with a bare
+//! server built the same way.
 
 use std::convert::Infallible;
 
@@ -14,16 +20,42 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
+fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:9100".into());
     let body = match args.next() {
         Some(path) => Bytes::from(std::fs::read(path)?),
         None => Bytes::from_static(b"{\"status\":\"completed\"}"),
     };
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    let per_thread = args.next().as_deref() == Some("per-thread");
+    let listener = std::net::TcpListener::bind(&listen)?;
+    listener.set_nonblocking(true)?;
     println!("static server on http://{}", listener.local_addr()?);
+    if !per_thread {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(accept(listener, body));
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::new();
+    for _ in 0..threads {
+        let (listener, body) = (listener.try_clone()?, body.clone());
+        handles.push(std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(accept(listener, body))
+        }));
+    }
+    for handle in handles {
+        handle.join().expect("server thread")?;
+    }
+    Ok(())
+}
+
+async fn accept(listener: std::net::TcpListener, body: Bytes) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);

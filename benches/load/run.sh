@@ -29,7 +29,7 @@ PIDS=()
 
 port() { echo $((BASE_PORT + $1)); }
 SIM=$(port 1); GW=$(port 2); CEIL=$(port 3); NGX1=$(port 4); NGXA=$(port 5); VARN=$(port 6)
-SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX_SLOW=$(port 9); GW_MEM=$(port 10)
+CEIL_PT=$(port 14); SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX_SLOW=$(port 9); GW_MEM=$(port 10)
 REDIS_PORT=$(port 11); GW_R1=$(port 12); GW_R2=$(port 13)
 
 cleanup() {
@@ -169,7 +169,8 @@ throughput() {
   local detail="/v1/retrievers/executions/exec_bench"
   curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM$detail" > "$WORK/body.json"
   "$STATIC" 127.0.0.1:"$CEIL" "$WORK/body.json" >/dev/null & PIDS+=($!); wait_port "$CEIL"
-  local targets=("ceiling|http://127.0.0.1:$CEIL$detail|" "gateway|http://127.0.0.1:$GW$detail|auth")
+  "$STATIC" 127.0.0.1:"$CEIL_PT" "$WORK/body.json" per-thread >/dev/null & PIDS+=($!); wait_port "$CEIL_PT"
+  local targets=("ceiling|http://127.0.0.1:$CEIL$detail|" "ceiling-per-thread|http://127.0.0.1:$CEIL_PT$detail|" "gateway|http://127.0.0.1:$GW$detail|auth")
   if [ "$HAVE_NGINX" = 1 ]; then
     start_nginx w1 "$NGX1" "$SIM" 1; start_nginx auto "$NGXA" "$SIM" auto
     targets+=("nginx-1w|http://127.0.0.1:$NGX1$detail|" "nginx-auto|http://127.0.0.1:$NGXA$detail|")
@@ -208,13 +209,15 @@ for line in open(sys.argv[1]):
     rows[(int(conns), name)].append((float(rps), float(p50), float(p99)))
 for conns in sorted({c for c, _ in rows}, reverse=True):
     print(f"\n{conns} connections (median of rounds)")
-    print(f"| target | req/s | p50 µs | p99 µs | × ceiling | × nginx-auto |")
-    print(f"| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| target | req/s | p50 µs | p99 µs | × ceiling | × ceiling-per-thread | × nginx-auto |")
+    print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     med = {n: tuple(st.median(x[i] for x in v) for i in range(3)) for (c, n), v in rows.items() if c == conns}
     ceil = med.get("ceiling", (0,))[0]; ngx = med.get("nginx-auto", (0,))[0]
+    ceil_pt = med.get("ceiling-per-thread", (0,))[0]
     for name, (rps, p50, p99) in med.items():
         rc = f"{rps/ceil:.2f}" if ceil else "-"; rn = f"{rps/ngx:.2f}" if ngx else "-"
-        print(f"| {name} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {rc} | {rn} |")
+        rp = f"{rps/ceil_pt:.2f}" if ceil_pt else "-"
+        print(f"| {name} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {rc} | {rp} | {rn} |")
     if "gateway(miss)" in med and "sim-direct(miss)" in med:
         print(f"\npass-through added to the median at {conns} connections: "
               f"{med['gateway(miss)'][1] - med['sim-direct(miss)'][1]:.0f} µs")
