@@ -6,6 +6,14 @@
 //!                                         latency p50/p99/max in ms as JSON
 //! loadgen fill BASE COUNT CONCURRENCY KEY GET BASE/v1/retrievers/executions/exec_fill_{i}
 //!                                         for i < COUNT; prints bodies' total bytes
+//! loadgen pair DIRECT DIRECT_KEY NAMESPACE VIA VIA_KEY N
+//!                                         one request at a time, alternating
+//!                                         DIRECT (the upstream, real key and
+//!                                         namespace) and VIA (the gateway),
+//!                                         N each on one keep-alive connection
+//!                                         each; prints both medians and p99s in
+//!                                         µs as JSON. Alternating makes both
+//!                                         see the same machine noise.
 //! ```
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -129,6 +137,45 @@ async fn fill(base: String, count: usize, concurrency: usize, key: String) {
     );
 }
 
+async fn pair(
+    direct: String,
+    direct_key: String,
+    namespace: String,
+    via: String,
+    via_key: String,
+    n: usize,
+) {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n + 100 {
+        for (url, key, times) in [(&direct, &direct_key, &mut a), (&via, &via_key, &mut b)] {
+            let mut request = request(url, key, None);
+            request
+                .headers_mut()
+                .insert("x-namespace", namespace.parse().expect("namespace"));
+            let began = Instant::now();
+            let response = client.request(request).await.expect("response");
+            let status = response.status();
+            response.into_body().collect().await.expect("body");
+            assert!(status.is_success(), "{url}: {status}");
+            // The first 100 of each only warm the connections.
+            if i >= 100 {
+                times.push(began.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    println!(
+        "{{\"n\":{n},\"direct_p50_us\":{:.0},\"direct_p99_us\":{:.0},\"via_p50_us\":{:.0},\"via_p99_us\":{:.0},\"added_p50_us\":{:.0}}}",
+        percentile(&a, 50.0),
+        percentile(&a, 99.0),
+        percentile(&b, 50.0),
+        percentile(&b, 99.0),
+        percentile(&b, 50.0) - percentile(&a, 50.0)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -144,8 +191,12 @@ async fn main() {
             let concurrency = arg(3).parse().expect("CONCURRENCY");
             fill(arg(1), count, concurrency, arg(4)).await;
         }
+        "pair" => {
+            let n = arg(6).parse().expect("N");
+            pair(arg(1), arg(2), arg(3), arg(4), arg(5), n).await;
+        }
         _ => {
-            eprintln!("usage: loadgen burst URL N [KEY] [POST_BODY] | loadgen fill BASE COUNT CONCURRENCY KEY");
+            eprintln!("usage: loadgen burst URL N [KEY] [POST_BODY] | loadgen fill BASE COUNT CONCURRENCY KEY | loadgen pair DIRECT DIRECT_KEY NAMESPACE VIA VIA_KEY N");
             std::process::exit(2);
         }
     }

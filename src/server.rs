@@ -65,9 +65,16 @@ pub async fn serve(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for index in 0..state.config.server.workers.get() {
+        // Each worker keeps its own pool of upstream connections, so a
+        // forwarded call is written and read on the thread that serves its
+        // client instead of waking another thread twice per call.
+        let worker_state = AppState {
+            upstream: state.upstream.with_own_pool(),
+            ..state.clone()
+        };
         let worker = Worker {
             listener: listener.try_clone()?,
-            app: stack::app(&state),
+            app: stack::app(&worker_state),
             tls: tls.clone(),
             connections: connections.clone(),
             stopped: stopped.clone(),

@@ -40,6 +40,8 @@ use crate::observe::RequestContext;
 
 /// The pooled HTTP client used for every upstream call.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+/// The connector every pool of the upstream uses (HTTP, or HTTPS by rustls).
+type Connector = HttpsConnector<HttpConnector>;
 
 /// Where requests go and with which key.
 struct Target {
@@ -52,8 +54,18 @@ struct Target {
     body_idle: Duration,
     /// A client that never reuses a connection, for retries.
     fresh: HttpClient,
+    /// The connector, for more pools.
+    connector: Connector,
     /// Retries made.
     retries: AtomicU64,
+}
+
+/// A client keeping idle connections for reuse.
+fn pooled(connector: Connector) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
 }
 
 /// Least time before a retry.
@@ -106,13 +118,10 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https.clone());
+        let client = pooled(https.clone());
         let fresh = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
-            .build(https);
+            .build(https.clone());
         Ok(Self {
             client: Arc::new(client),
             target: Arc::new(Target {
@@ -122,9 +131,19 @@ impl Upstream {
                 api_key: config.api_key.clone(),
                 body_idle: config.timeout,
                 fresh,
+                connector: https,
                 retries: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The same upstream with a pool of connections of its own (one per
+    /// serving thread), sharing everything else, counters included.
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            client: Arc::new(pooled(self.target.connector.clone())),
+            target: self.target.clone(),
+        }
     }
 
     /// Upstream calls retried after a connection failure.

@@ -201,6 +201,8 @@ throughput() {
     done
     echo "   (round $round done)"
   done
+  say "pass-through: 20 000 alternating requests, direct to the sim and through the gateway, one at a time"
+  "$LOADGEN" pair "http://127.0.0.1:$SIM$miss" "$REAL_KEY" "$NS" "http://127.0.0.1:$GW$miss" "$CLIENT_KEY" 20000
   python3 - "$WORK/throughput.txt" <<'PY'
 import sys, statistics as st, collections
 rows = collections.defaultdict(list)
