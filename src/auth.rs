@@ -9,8 +9,8 @@
 //! [`AuthenticatedClient`] extension for the layers below.
 //!
 //! SHA-256 of the key costs more than the rest of a cache hit, so each
-//! registry remembers, per client, a 128-bit keyed hash (two SipHash
-//! instances with secret random keys) of the key that last matched its
+//! registry remembers, per client, a 128-bit keyed hash (SipHash under a
+//! secret random key, over two domain-separated inputs) of the key that last matched its
 //! digest. A later request whose key hashes to a remembered value is that
 //! client without hashing it again. The raw key is never stored; the keyed
 //! hash cannot be computed or matched without the process's secret keys; a
@@ -43,7 +43,9 @@ pub struct ClientRegistry {
     labels: Vec<ClientLabel>,
     /// Per client, the keyed hash of its key once seen (0: not yet).
     seen: Box<[[AtomicU64; 2]]>,
-    hashers: [RandomState; 2],
+    /// SipHash with a secret random key, used twice (domain-separated)
+    /// for a 128-bit value.
+    hasher: RandomState,
 }
 
 impl ClientRegistry {
@@ -62,13 +64,13 @@ impl ClientRegistry {
             clients,
             labels,
             seen,
-            hashers: [RandomState::new(), RandomState::new()],
+            hasher: RandomState::new(),
         }
     }
 
     /// The 128-bit keyed hash of a presented key, never zero in either half.
     fn keyed_hash(&self, key: &[u8]) -> [u64; 2] {
-        self.hashers.each_ref().map(|h| h.hash_one(key).max(1))
+        [0u8, 1].map(|half| self.hasher.hash_one((half, key)).max(1))
     }
 
     /// The client whose key this is, if any.
