@@ -26,7 +26,7 @@ use crate::body::{self, Body, BoxError};
 use crate::cache::route::canonicalize;
 use crate::cache::CacheState;
 use crate::error::GatewayError;
-use crate::metrics::{ClientLabel, Metrics};
+use crate::metrics::Metrics;
 use crate::reload::{Clients, Reloader};
 use crate::status::StatusFigures;
 
@@ -151,7 +151,7 @@ impl Endpoints {
         let labels = clients
             .names()
             .cloned()
-            .chain(std::iter::once(ClientLabel::anonymous()));
+            .chain(std::iter::once(self.metrics.anonymous().clone()));
         let figures = StatusFigures::read(
             self.started.elapsed(),
             &self.cache,

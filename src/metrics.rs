@@ -337,6 +337,9 @@ pub struct Metrics {
     redis_remote_flights: Counter,
     /// Last values read from the limit counters, to add only the growth.
     limits_seen: Mutex<HashMap<(Option<String>, &'static str), u64>>,
+    /// The label of unauthenticated requests, one for the process, so its
+    /// counters are resolved once like any client's.
+    anonymous: ClientLabel,
     cache: Arc<CacheState>,
     limits: Arc<Limits>,
 }
@@ -529,6 +532,7 @@ impl Metrics {
             redis_fallbacks,
             redis_remote_flights,
             limits_seen: Mutex::new(HashMap::new()),
+            anonymous: ClientLabel::anonymous(),
             cache,
             limits,
         }
@@ -606,6 +610,11 @@ impl Metrics {
         }
     }
 
+    /// The label of requests that were not authenticated.
+    pub fn anonymous(&self) -> &ClientLabel {
+        &self.anonymous
+    }
+
     /// Requests, cache hits and 429s of one client so far.
     pub fn client_figures(&self, client: &ClientLabel) -> (u64, u64, u64) {
         let labels = ClientLabels {
@@ -628,8 +637,10 @@ impl Metrics {
         for (client, reason, count) in limits.metrics.snapshot() {
             let key = (client.map(str::to_string), reason.as_str());
             let before = seen.insert(key, count).unwrap_or(0);
-            let client =
-                client.map_or_else(ClientLabel::anonymous, |c| ClientLabel::new(Arc::from(c)));
+            let client = client.map_or_else(
+                || self.anonymous.clone(),
+                |c| ClientLabel::new(Arc::from(c)),
+            );
             self.rate_limited
                 .get_or_create(&LimitLabels {
                     client,
@@ -807,5 +818,9 @@ mod tests {
             .ends_with(" 3"),
             "{text}"
         );
+        // Unauthenticated requests share the one anonymous label.
+        finish(metrics.anonymous(), 401, CacheOutcome::None);
+        finish(&metrics.anonymous().clone(), 401, CacheOutcome::None);
+        assert_eq!(metrics.client_figures(metrics.anonymous()), (2, 0, 0));
     }
 }

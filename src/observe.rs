@@ -202,8 +202,8 @@ fn record(state: PendingState, status: u16, outcome: CacheOutcome, completed: bo
             client: context
                 .client
                 .get()
-                .cloned()
-                .unwrap_or_else(ClientLabel::anonymous),
+                .unwrap_or_else(|| metrics.anonymous())
+                .clone(),
             route: context.route(),
             status,
             outcome,

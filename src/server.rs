@@ -64,6 +64,7 @@ pub async fn serve(
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
+    let mut listening = Vec::new();
     for index in 0..state.config.server.workers.get() {
         // Each worker keeps its own pool of upstream connections, so a
         // forwarded call is written and read on the thread that serves its
@@ -78,6 +79,11 @@ pub async fn serve(
             tls: tls.clone(),
             connections: connections.clone(),
             stopped: stopped.clone(),
+            stopped_listening: {
+                let (sender, receiver) = oneshot::channel();
+                listening.push(receiver);
+                sender
+            },
             grace: state.config.server.shutdown_grace,
         };
         let (done, finished) = oneshot::channel::<()>();
@@ -100,6 +106,11 @@ pub async fn serve(
     shutdown.await;
     state.readiness.set_draining();
     let _ = stop.send(true);
+    // Once every worker has closed its copy of the listening socket, new
+    // connections are refused.
+    for closed in listening {
+        let _ = closed.await;
+    }
     let grace = state.config.server.shutdown_grace;
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
@@ -126,6 +137,8 @@ struct Worker<A> {
     tls: Option<TlsAcceptor>,
     connections: Arc<Connections>,
     stopped: tokio::sync::watch::Receiver<bool>,
+    /// Told when this worker has closed its listening socket.
+    stopped_listening: oneshot::Sender<()>,
     grace: Duration,
 }
 
@@ -215,6 +228,7 @@ where
             }
         }
         drop(listener);
+        let _ = self.stopped_listening.send(());
         let grace = tokio::time::sleep(self.grace);
         tokio::pin!(grace);
         loop {

@@ -7,9 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use mixpeek_gateway::sim::SimConfig;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,16 +99,7 @@ async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
     sim.sse_gate = Some(gate.clone());
     let h = harness(sim).await;
 
-    let request = h
-        .client
-        .request(Method::POST, "/v1/retrievers/execute")
-        .header("authorization", format!("Bearer {SEARCH_KEY}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"stream": true, "inputs": {"q": "cats"}}"#,
-        )))
-        .unwrap();
-    let response = h.client.send_streaming(request).await;
+    let response = h.client.send_streaming(h.client.sse_execute()).await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();

@@ -6,9 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use mixpeek_gateway::sim::SimConfig;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,16 +36,7 @@ async fn sse_first_event_arrives_before_the_last_is_sent() {
     sim.sse_gate = Some(gate.clone());
     let h = Harness::with(sim, "", "").await;
 
-    let request = h
-        .client
-        .request(Method::POST, "/v1/retrievers/execute")
-        .header("authorization", format!("Bearer {SEARCH_KEY}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"stream": true, "inputs": {"q": "cats"}}"#,
-        )))
-        .unwrap();
-    let response = h.client.send_streaming(request).await;
+    let response = h.client.send_streaming(h.client.sse_execute()).await;
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"]
         .to_str()

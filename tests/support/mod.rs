@@ -178,6 +178,17 @@ impl TestClient {
         }
     }
 
+    /// A streaming (SSE) retriever execution by the search team.
+    pub fn sse_execute(&self) -> Request<Full<Bytes>> {
+        self.request(Method::POST, "/v1/retrievers/execute")
+            .header("authorization", format!("Bearer {SEARCH_KEY}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"stream": true, "inputs": {"q": "cats"}}"#,
+            )))
+            .unwrap()
+    }
+
     /// Sends the raw response without collecting its body.
     pub async fn send_streaming(
         &self,
