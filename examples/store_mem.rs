@@ -8,6 +8,9 @@ use http::{HeaderValue, StatusCode};
 use mixpeek_gateway::cache::store::{Entry, Store};
 use mixpeek_gateway::cache::CacheKey;
 use std::time::Duration;
+// The gateway's allocator, so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -30,11 +33,7 @@ async fn main() {
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(916);
-    let store = Store::new(
-        u32::MAX as u64,
-        Duration::from_secs(86400),
-        Duration::from_secs(5),
-    );
+    let store = Store::new(u32::MAX as u64, Duration::from_secs(86400), None);
     let ns: std::sync::Arc<str> = "ns_bench".into();
     let before = rss();
     for i in 0..n {

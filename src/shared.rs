@@ -326,11 +326,11 @@ impl Shared {
 
     fn hash(key: &CacheKey) -> String {
         let mut h = Sha256::new();
-        for part in [&*key.namespace, &*key.path, &*key.query] {
+        for part in [&*key.namespace, &*key.path, key.query()] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
-        match key.body {
+        match key.body() {
             BodyKey::Detail => h.update([0]),
             BodyKey::Absent => h.update([1]),
             BodyKey::Json(digest) => {

@@ -12,16 +12,27 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// A cache or flight key.
+///
+/// Kept small: every cached entry holds one (40 bytes; the list-only parts
+/// sit behind a box that execution details, nearly all entries, leave
+/// empty).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     /// The effective namespace (shared with the client's config).
     pub namespace: Arc<str>,
     /// The canonical path.
     pub path: Box<str>,
-    /// Query parameters, decoded, sorted and re-encoded (lists only).
-    pub query: Box<str>,
-    /// The request body, for list queries.
-    pub body: BodyKey,
+    /// Query and body of a list query; `None` for an execution detail.
+    list: Option<Box<ListKey>>,
+}
+
+/// The parts of a key only list queries have.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ListKey {
+    /// Query parameters, decoded, sorted and re-encoded.
+    query: Box<str>,
+    /// The request body (never [`BodyKey::Detail`]).
+    body: BodyKey,
 }
 
 /// The part of a key that comes from the request body.
@@ -44,8 +55,7 @@ impl CacheKey {
         Self {
             namespace: namespace.into(),
             path: path.into_boxed_str(),
-            query: Box::default(),
-            body: BodyKey::Detail,
+            list: None,
         }
     }
 
@@ -62,14 +72,32 @@ impl CacheKey {
         Some(Self {
             namespace: namespace.into(),
             path: path.into_boxed_str(),
-            query: canonical_query(raw_query).into_boxed_str(),
-            body,
+            list: Some(Box::new(ListKey {
+                query: canonical_query(raw_query).into_boxed_str(),
+                body,
+            })),
         })
+    }
+
+    /// The canonical query (empty for an execution detail).
+    pub fn query(&self) -> &str {
+        self.list.as_ref().map_or("", |list| &list.query)
+    }
+
+    /// The body part: [`BodyKey::Detail`] for an execution detail.
+    pub fn body(&self) -> BodyKey {
+        self.list.as_ref().map_or(BodyKey::Detail, |list| list.body)
     }
 
     /// Approximate bytes the key occupies, for the cache weigher.
     pub fn weight(&self) -> usize {
-        std::mem::size_of::<Self>() + self.namespace.len() + self.path.len() + self.query.len()
+        std::mem::size_of::<Self>()
+            + self.namespace.len()
+            + self.path.len()
+            + self
+                .list
+                .as_ref()
+                .map_or(0, |list| std::mem::size_of::<ListKey>() + list.query.len())
     }
 }
 
@@ -174,6 +202,19 @@ mod tests {
             b"{}",
         );
         assert_ne!(key("{}", None), other_ns);
+    }
+
+    #[test]
+    fn detail_keys_stay_small_and_distinct_from_lists() {
+        // Every cached entry holds a key: list-only parts are boxed away.
+        assert_eq!(std::mem::size_of::<CacheKey>(), 40);
+        let detail = CacheKey::detail("ns", "/v1/retrievers/executions/list".into());
+        assert_eq!(detail.body(), BodyKey::Detail);
+        assert_eq!(detail.query(), "");
+        let list = key("", None).unwrap();
+        assert_eq!(list.body(), BodyKey::Absent);
+        assert_ne!(detail, list);
+        assert_eq!(key("{}", Some("b=1&a=2")).unwrap().query(), "a=2&b=1");
     }
 
     #[test]

@@ -189,14 +189,13 @@ impl CacheState {
     }
 
     fn build(config: &Config) -> Arc<Self> {
-        // A list result can't be kept with a zero TTL; the store still
-        // needs a lifetime for the kind.
+        // A zero list TTL: list results are never kept.
         let list_ttl = config.coalesce.list_ttl;
         Arc::new(Self {
             store: Store::new(
                 config.cache.max_bytes,
                 config.cache.ttl,
-                list_ttl.max(Duration::from_millis(1)),
+                (!list_ttl.is_zero()).then_some(list_ttl),
             ),
             metrics: CacheMetrics::default(),
             flights: Flights::new(),
@@ -710,17 +709,6 @@ async fn fly_shared(
     }
 }
 
-/// A header value to keep in an entry: the API's own content type is a
-/// shared constant (no allocation per entry), anything else a copy.
-fn stored_header_value(value: &[u8]) -> Option<HeaderValue> {
-    const JSON: &str = "application/json";
-    if value == JSON.as_bytes() {
-        Some(HeaderValue::from_static(JSON))
-    } else {
-        HeaderValue::from_bytes(value).ok()
-    }
-}
-
 /// The upstream call of a flight: fetch, buffer, store if allowed.
 async fn fly(
     state: &CacheState,
@@ -748,10 +736,7 @@ async fn fly(
         // stored as they are, each entry would keep a whole buffer alive,
         // unseen by the weigher. Copies at fill time keep the memory equal
         // to what `cache.max_bytes` counts.
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| stored_header_value(v.as_bytes()));
+        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
         let stored = Bytes::copy_from_slice(&bytes);
         state
             .store

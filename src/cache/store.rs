@@ -27,16 +27,57 @@ use crate::clock;
 const ENTRY_OVERHEAD: usize = 512;
 
 /// A stored response: status, content type and body, nothing else.
+/// 56 bytes beside its body: one is held per cached entry.
 #[derive(Clone, Debug)]
 pub struct Entry {
     /// The upstream status (200 for everything stored today).
     pub status: StatusCode,
     /// The upstream `Content-Type`.
-    pub content_type: Option<HeaderValue>,
+    content_type: StoredType,
     /// The body; shared, never copied on a hit.
     pub body: Bytes,
     /// When it was stored on the coarse clock, for `Age` on the hot path.
     stored_secs: u32,
+}
+
+/// The content type of an entry: the API's own is a shared constant (no
+/// allocation, 16 bytes instead of a 40-byte `HeaderValue` per entry),
+/// anything else an owned copy.
+#[derive(Clone, Debug)]
+enum StoredType {
+    Absent,
+    Json,
+    Other(Box<HeaderValue>),
+}
+
+const JSON: &str = "application/json";
+
+impl StoredType {
+    fn new(value: Option<&HeaderValue>) -> Self {
+        match value {
+            None => Self::Absent,
+            Some(value) if value.as_bytes() == JSON.as_bytes() => Self::Json,
+            // A copy: a value parsed by hyper is a slice of its read
+            // buffer, which an entry must not keep alive.
+            Some(value) => HeaderValue::from_bytes(value.as_bytes())
+                .map_or(Self::Absent, |value| Self::Other(Box::new(value))),
+        }
+    }
+
+    fn get(&self) -> Option<HeaderValue> {
+        match self {
+            Self::Absent => None,
+            Self::Json => Some(HeaderValue::from_static(JSON)),
+            Self::Other(value) => Some((**value).clone()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Absent | Self::Json => 0,
+            Self::Other(value) => std::mem::size_of::<HeaderValue>() + value.len(),
+        }
+    }
 }
 
 impl Entry {
@@ -44,10 +85,15 @@ impl Entry {
     pub fn new(status: StatusCode, content_type: Option<HeaderValue>, body: Bytes) -> Self {
         Self {
             status,
-            content_type,
+            content_type: StoredType::new(content_type.as_ref()),
             body,
             stored_secs: u32::try_from(clock::now_secs()).unwrap_or(u32::MAX),
         }
+    }
+
+    /// The upstream `Content-Type`.
+    pub fn content_type(&self) -> Option<HeaderValue> {
+        self.content_type.get()
     }
 
     /// The response for a hit: `X-Cache: HIT` and `Age` in seconds.
@@ -55,8 +101,8 @@ impl Entry {
         let mut response = Response::new(body::full(self.body.clone()));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        if let Some(content_type) = &self.content_type {
-            headers.insert(header::CONTENT_TYPE, content_type.clone());
+        if let Some(content_type) = self.content_type.get() {
+            headers.insert(header::CONTENT_TYPE, content_type);
         }
         headers.insert(X_CACHE.clone(), CacheStatus::Hit.header_value());
         let age = clock::now_secs().saturating_sub(u64::from(self.stored_secs));
@@ -65,10 +111,7 @@ impl Entry {
     }
 
     fn weight(&self, key: &CacheKey) -> u32 {
-        let bytes = self.body.len()
-            + self.content_type.as_ref().map_or(0, HeaderValue::len)
-            + key.weight()
-            + ENTRY_OVERHEAD;
+        let bytes = self.body.len() + self.content_type.len() + key.weight() + ENTRY_OVERHEAD;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }
@@ -81,7 +124,7 @@ struct Lifetimes {
 
 impl Lifetimes {
     fn of(&self, key: &CacheKey) -> Duration {
-        match key.body {
+        match key.body() {
             BodyKey::Detail => self.detail,
             BodyKey::Absent | BodyKey::Json(_) => self.list,
         }
@@ -110,6 +153,8 @@ impl Expiry<CacheKey, Entry> for Lifetimes {
 pub struct Store {
     cache: moka::future::Cache<CacheKey, Entry>,
     evictions: Arc<AtomicU64>,
+    /// Whether list results may be stored.
+    lists: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -122,17 +167,26 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// A store bounded by `max_bytes`.
-    pub fn new(max_bytes: u64, detail_ttl: Duration, list_ttl: Duration) -> Self {
+    /// A store bounded by `max_bytes`; it keeps list results only when
+    /// `list_ttl` is given.
+    ///
+    /// With execution details alone (the default) every entry has the same
+    /// lifetime, and moka's per-entry expiry (a timer-wheel node per entry,
+    /// ~40 bytes) is not needed: one time-to-live does.
+    pub fn new(max_bytes: u64, detail_ttl: Duration, list_ttl: Option<Duration>) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
         let counter = evictions.clone();
-        let cache = moka::future::Cache::builder()
+        let builder = moka::future::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &CacheKey, entry: &Entry| entry.weight(key))
-            .expire_after(Lifetimes {
+            .weigher(|key: &CacheKey, entry: &Entry| entry.weight(key));
+        let builder = match list_ttl {
+            None => builder.time_to_live(detail_ttl),
+            Some(list) => builder.expire_after(Lifetimes {
                 detail: detail_ttl,
-                list: list_ttl,
-            })
+                list,
+            }),
+        };
+        let cache = builder
             .support_invalidation_closures()
             .eviction_listener(move |_key, _value, cause| {
                 if cause == RemovalCause::Size {
@@ -140,7 +194,11 @@ impl Store {
                 }
             })
             .build();
-        Self { cache, evictions }
+        Self {
+            cache,
+            evictions,
+            lists: list_ttl.is_some(),
+        }
     }
 
     /// The entry for `key`, if stored and not expired.
@@ -148,9 +206,12 @@ impl Store {
         self.cache.get(key).await
     }
 
-    /// Stores (or refreshes) an entry.
+    /// Stores (or refreshes) an entry. A list result is not stored when
+    /// lists have no lifetime here (it would get the details' one).
     pub async fn insert(&self, key: CacheKey, entry: Entry) {
-        self.cache.insert(key, entry).await;
+        if self.lists || key.body() == BodyKey::Detail {
+            self.cache.insert(key, entry).await;
+        }
     }
 
     /// Removes one entry; true when there was one.
@@ -218,9 +279,51 @@ mod tests {
         Entry::new(StatusCode::OK, None, Bytes::from(vec![b'x'; len]))
     }
 
+    fn list_key(ns: &str) -> CacheKey {
+        CacheKey::list(
+            ns,
+            "/v1/retrievers/executions/list".into(),
+            None,
+            &http::HeaderMap::new(),
+            b"",
+        )
+        .unwrap()
+    }
+
+    // Expiry has no event to await: the test waits out short lifetimes.
+    #[tokio::test]
+    async fn details_alone_share_one_lifetime_and_lists_are_not_kept() {
+        let store = Store::new(1 << 20, Duration::from_millis(150), None);
+        store.insert(key("a", "/d"), entry(10)).await;
+        store.insert(list_key("a"), entry(10)).await;
+        assert!(store.get(&key("a", "/d")).await.is_some());
+        assert!(store.get(&list_key("a")).await.is_none());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.get(&key("a", "/d")).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn lists_expire_on_their_own_lifetime() {
+        let store = Store::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Some(Duration::from_millis(150)),
+        );
+        store.insert(key("a", "/d"), entry(10)).await;
+        store.insert(list_key("a"), entry(10)).await;
+        assert!(store.get(&list_key("a")).await.is_some());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.get(&list_key("a")).await.is_none());
+        assert!(store.get(&key("a", "/d")).await.is_some());
+    }
+
     #[tokio::test]
     async fn namespaces_are_separate_and_prefix_invalidation_is_scoped() {
-        let store = Store::new(1 << 20, Duration::from_secs(60), Duration::from_secs(1));
+        let store = Store::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Some(Duration::from_secs(1)),
+        );
         store
             .insert(key("a", "/v1/retrievers/r1/executions/e1"), entry(10))
             .await;
@@ -251,7 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn byte_bound_holds() {
-        let store = Store::new(100_000, Duration::from_secs(60), Duration::from_secs(1));
+        let store = Store::new(100_000, Duration::from_secs(60), None);
         for i in 0..200 {
             store
                 .insert(
@@ -271,11 +374,29 @@ mod tests {
 
     #[tokio::test]
     async fn hit_response_has_headers() {
-        let mut e = entry(3);
-        e.content_type = Some(HeaderValue::from_static("application/json"));
+        let e = entry(3);
+        let e = Entry::new(
+            e.status,
+            Some(HeaderValue::from_static("application/json")),
+            e.body,
+        );
         let response = e.to_response();
         assert_eq!(response.headers()["x-cache"], "HIT");
         assert_eq!(response.headers()["age"], "0");
         assert_eq!(response.headers()["content-type"], "application/json");
+    }
+
+    #[test]
+    fn entries_stay_small_and_keep_any_content_type() {
+        assert_eq!(std::mem::size_of::<Entry>(), 56);
+        let other = HeaderValue::from_static("text/plain; charset=utf-8");
+        for content_type in [None, Some(HeaderValue::from_static(JSON)), Some(other)] {
+            let e = Entry::new(StatusCode::OK, content_type.clone(), Bytes::new());
+            assert_eq!(e.content_type(), content_type);
+            assert_eq!(
+                e.to_response().headers().get(header::CONTENT_TYPE),
+                content_type.as_ref()
+            );
+        }
     }
 }
