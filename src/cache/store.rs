@@ -20,10 +20,12 @@ use crate::body::{self, Body};
 use crate::cache_status::{CacheStatus, X_CACHE};
 use crate::clock;
 
-/// Fixed per-entry overhead counted by the weigher: moka's nodes, the key
-/// and `Entry` structs and allocator headers. Measured ≈ 530 bytes per
-/// detail entry beyond its body and path (100 000 entries, glibc malloc),
-/// so `cache.max_bytes` bounds real memory, not just body bytes.
+/// Fixed per-entry overhead counted by the weigher: moka's nodes, the
+/// `Entry` struct and the allocator's rounding of the body. With the key's
+/// own weight (40 bytes plus its strings) it matches what 100 000 ~900-byte
+/// entries really take (`examples/store_mem.rs`, mimalloc: 597 bytes per
+/// entry beyond the body), so `cache.max_bytes` bounds real memory, not
+/// just body bytes.
 const ENTRY_OVERHEAD: usize = 512;
 
 /// A stored response: status, content type and body, nothing else.
