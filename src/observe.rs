@@ -7,7 +7,15 @@
 //! has been sent (or the client went away) it writes the access-log line and
 //! updates the metrics. Logging when the body ends, not when the head is
 //! ready, gives streams (SSE) their real duration.
+//!
+//! It also gives every request its `X-Request-Id` (the client's when sane,
+//! a fresh one otherwise; forwarded upstream, logged, and returned on the
+//! response, errors included). One layer does what tower-http's
+//! `SetRequestId` and `PropagateRequestId` did as two, without their
+//! request extension: the cache-hit path pays for every layer and every
+//! extension (see benches/RESULTS.md).
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -23,10 +31,14 @@ use tower::{Layer, Service};
 use crate::body::{Body, BoxError};
 use crate::cache_status::X_CACHE;
 use crate::metrics::{CacheOutcome, ClientLabel, Finished, Metrics, RouteClass};
+use crate::request_id::{MakeRequestIds, X_REQUEST_ID_NAME};
 
-/// What the layers below learn about a request (a request extension).
+/// What the layers below learn about a request (a request extension): the
+/// server creates it with the peer's address, the observe layer when there
+/// is none (in-process callers).
 #[derive(Debug, Default)]
 pub struct RequestContext {
+    peer: Option<SocketAddr>,
     client: OnceLock<ClientLabel>,
     route: AtomicU8,
     upstream_status: AtomicU16,
@@ -34,6 +46,19 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// The context of a request from `peer`.
+    pub fn with_peer(peer: SocketAddr) -> Self {
+        Self {
+            peer: Some(peer),
+            ..Self::default()
+        }
+    }
+
+    /// The address the request came from; `None` in process.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// Records the authenticated client.
     pub fn set_client(&self, label: &ClientLabel) {
         let _ = self.client.set(label.clone());
@@ -73,12 +98,16 @@ impl RequestContext {
 #[derive(Clone, Debug)]
 pub struct ObserveLayer {
     metrics: Arc<Metrics>,
+    ids: MakeRequestIds,
 }
 
 impl ObserveLayer {
-    /// Records into `metrics`.
+    /// Records into `metrics`; request ids from a fresh generator.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        Self {
+            metrics,
+            ids: MakeRequestIds::new(),
+        }
     }
 }
 
@@ -89,15 +118,17 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             metrics: self.metrics.clone(),
+            ids: self.ids.clone(),
         }
     }
 }
 
-/// Logs and measures every request.
+/// Logs and measures every request, and gives it its request id.
 #[derive(Clone, Debug)]
 pub struct Observe<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    ids: MakeRequestIds,
 }
 
 /// What is known when the request starts.
@@ -106,7 +137,7 @@ struct PendingState {
     context: Arc<RequestContext>,
     metrics: Arc<Metrics>,
     method: Method,
-    request_id: Option<HeaderValue>,
+    request_id: HeaderValue,
     start: Instant,
 }
 
@@ -142,21 +173,34 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let context = Arc::new(RequestContext::default());
+        let context = match request.extensions().get::<Arc<RequestContext>>() {
+            Some(context) => context.clone(),
+            None => {
+                let context = Arc::new(RequestContext::default());
+                request.extensions_mut().insert(context.clone());
+                context
+            }
+        };
         if request.uri().path().starts_with(crate::endpoints::PREFIX) {
             context.set_route(RouteClass::Gateway);
         }
-        request.extensions_mut().insert(context.clone());
+        let request_id = self.ids.assign(request.headers_mut());
+        let returned_id = request_id.clone();
         self.metrics.started();
         let pending = Pending(Some(PendingState {
             context,
             metrics: self.metrics.clone(),
             method: request.method().clone(),
-            request_id: request.headers().get("x-request-id").cloned(),
+            request_id,
             start: Instant::now(),
         }));
         let finish: Finish = Box::new(move |result| {
-            result.map(|response| {
+            result.map(|mut response| {
+                // The upstream's own id, when it sent one, is left as is.
+                response
+                    .headers_mut()
+                    .entry(X_REQUEST_ID_NAME)
+                    .or_insert(returned_id);
                 let status = response.status().as_u16();
                 let outcome = CacheOutcome::from_header(response.headers().get(&X_CACHE));
                 response.map(|body| ObservedBody {
@@ -216,7 +260,7 @@ fn record(state: PendingState, status: u16, outcome: CacheOutcome, completed: bo
             .map_or((0, 0.0), |(s, l)| (s, l.as_secs_f64() * 1000.0));
         tracing::info!(
             target: "access",
-            request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            request_id = request_id.to_str().unwrap_or("-"),
             client = finished.client.name(),
             method = method.as_str(),
             route = finished.route.as_str(),

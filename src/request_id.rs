@@ -4,14 +4,15 @@
 //! (a `getrandom` syscall), which shows up in profiles of the cache-hit path.
 //! [`MakeRequestIds`] draws one random seed at startup and mixes it with a
 //! counter: ids are unique within the process, unpredictable across
-//! processes, and cost no syscall.
+//! processes, and cost no syscall. The observe layer assigns the id and
+//! returns it on every response (see [`crate::observe`]).
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use http::{HeaderValue, Request};
-use tower_http::request_id::{MakeRequestId, RequestId};
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
 
 /// Generates request ids: 32 hex digits, a per-process random prefix and a
 /// sequence number.
@@ -40,33 +41,36 @@ impl Default for MakeRequestIds {
     }
 }
 
-impl MakeRequestId for MakeRequestIds {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+impl MakeRequestIds {
+    /// A fresh id.
+    pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut text = [0u8; 32];
-        hex::encode_to_slice(self.seed.to_be_bytes(), &mut text[..16]).ok()?;
-        hex::encode_to_slice(n.to_be_bytes(), &mut text[16..]).ok()?;
-        HeaderValue::from_bytes(&text).ok().map(RequestId::new)
+        let mut text = [b'0'; 32];
+        // Both fit exactly: 8 bytes are 16 hex digits.
+        let _ = hex::encode_to_slice(self.seed.to_be_bytes(), &mut text[..16]);
+        let _ = hex::encode_to_slice(n.to_be_bytes(), &mut text[16..]);
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+
+    /// The request's id: the client's `X-Request-Id` when it is sane
+    /// ([`is_sane`]), a fresh one (set on the request, so it is
+    /// forwarded upstream) otherwise.
+    pub fn assign(&self, headers: &mut HeaderMap) -> HeaderValue {
+        let mut values = headers.get_all(&X_REQUEST_ID_NAME).iter();
+        if let (Some(value), None) = (values.next(), values.next()) {
+            if is_sane(value.as_bytes()) {
+                return value.clone();
+            }
+        }
+        let id = self.next();
+        headers.insert(X_REQUEST_ID_NAME, id.clone());
+        id
     }
 }
 
-/// Drops a client's `X-Request-Id` unless it is a sane token (1 to 128 of
-/// `A-Z a-z 0-9 - _ . :`), so that a fresh one is generated instead: the
-/// value ends up in logs and upstream requests.
-pub fn keep_if_sane<B>(mut request: Request<B>) -> Request<B> {
-    let headers = request.headers_mut();
-    let mut values = headers.get_all(X_REQUEST_ID).iter();
-    let sane = match (values.next(), values.next()) {
-        (Some(value), None) => is_sane(value.as_bytes()),
-        (None, _) => true,
-        (Some(_), Some(_)) => false,
-    };
-    if !sane {
-        headers.remove(X_REQUEST_ID);
-    }
-    request
-}
-
+/// Whether a client's `X-Request-Id` is kept: a sane token (1 to 128 of
+/// `A-Z a-z 0-9 - _ . :`), since the value ends up in logs and upstream
+/// requests. Anything else (or more than one) is replaced.
 fn is_sane(value: &[u8]) -> bool {
     (1..=128).contains(&value.len())
         && value
@@ -77,41 +81,50 @@ fn is_sane(value: &[u8]) -> bool {
 /// The `X-Request-Id` header.
 pub const X_REQUEST_ID: &str = "x-request-id";
 
+/// The `X-Request-Id` header name, parsed once.
+pub const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn insane_ids_are_dropped() {
-        let keep = |v: &str| {
-            let request = Request::builder().header(X_REQUEST_ID, v).body(()).unwrap();
-            keep_if_sane(request).headers().contains_key(X_REQUEST_ID)
-        };
-        assert!(keep("abc-123_x.y:z"));
-        assert!(!keep("has space"));
-        assert!(!keep("quote\"inject"));
-        assert!(!keep(&"x".repeat(129)));
-        let two = Request::builder()
-            .header(X_REQUEST_ID, "a")
-            .header(X_REQUEST_ID, "b")
-            .body(())
-            .unwrap();
-        assert!(!keep_if_sane(two).headers().contains_key(X_REQUEST_ID));
+    fn insane_ids_are_not_kept() {
+        assert!(is_sane(b"abc-123_x.y:z"));
+        assert!(!is_sane(b"has space"));
+        assert!(!is_sane(b"quote\"inject"));
+        assert!(!is_sane("x".repeat(129).as_bytes()));
+        assert!(!is_sane(b""));
     }
 
     #[test]
     fn ids_are_unique_hex() {
-        let mut make = MakeRequestIds::new();
-        let request = Request::new(());
-        let a = make.make_request_id(&request).unwrap();
-        let b = make.make_request_id(&request).unwrap();
-        assert_ne!(a.header_value(), b.header_value());
-        assert_eq!(a.header_value().len(), 32);
-        assert!(a
-            .header_value()
-            .to_str()
-            .unwrap()
-            .bytes()
-            .all(|c| c.is_ascii_hexdigit()));
+        let make = MakeRequestIds::new();
+        let a = make.next();
+        let b = make.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn assign_keeps_a_sane_id_and_replaces_others() {
+        let make = MakeRequestIds::new();
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("trace-1"));
+        assert_eq!(make.assign(&mut headers), "trace-1");
+        assert_eq!(headers[X_REQUEST_ID], "trace-1");
+        for bad in [&["bad id"][..], &["a", "b"], &[]] {
+            let mut headers = HeaderMap::new();
+            for value in bad {
+                headers.append(X_REQUEST_ID, HeaderValue::from_static(value));
+            }
+            let id = make.assign(&mut headers);
+            assert_eq!(id.len(), 32);
+            assert_eq!(
+                headers.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
+                [&id]
+            );
+        }
     }
 }

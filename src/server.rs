@@ -23,15 +23,11 @@ use tower::ServiceExt;
 use crate::body::BoxError;
 use crate::config::Config;
 use crate::connections::Connections;
+use crate::observe::RequestContext;
 use crate::stack::{self, AppState};
 
 /// Time allowed for a client's TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The address of the peer a request came from (a request extension set
-/// for every request the server accepts), for guards keyed by IP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains:
 /// `/_gateway/ready` turns 503, the listener closes, and in-flight requests
@@ -182,7 +178,10 @@ where
             let connection = self.connections.open();
             let service = TowerToHyperService::new(connection.track(self.app.clone().map_request(
                 move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(PeerAddr(peer));
+                    // The peer's address, for guards keyed by IP.
+                    request
+                        .extensions_mut()
+                        .insert(Arc::new(RequestContext::with_peer(peer)));
                     request
                 },
             )));

@@ -30,7 +30,6 @@ use crate::metrics::Metrics;
 use crate::namespace::ResolveNamespace;
 use crate::observe::ObserveLayer;
 use crate::reload::{Clients, Reloader};
-use crate::request_id::{self, MakeRequestIds};
 use crate::upstream::Upstream;
 
 /// Everything the stack is built from, created once at startup.
@@ -114,13 +113,10 @@ where
     ServiceBuilder::new()
         // Keys must not reach logs even if a layer below prints headers.
         .sensitive_request_headers(Arc::new([header::AUTHORIZATION]))
-        // A client's X-Request-Id is kept only when it is a sane token.
-        .map_request(request_id::keep_if_sane::<B>)
-        // Correlates the gateway's log line with the client and upstream.
-        .set_x_request_id(MakeRequestIds::new())
-        // One access-log line and the request metrics, when the body ends.
+        // One access-log line and the request metrics, when the body ends;
+        // the X-Request-Id (the client's when sane) that correlates it with
+        // the client and upstream.
         .layer(ObserveLayer::new(state.metrics.clone()))
-        .propagate_x_request_id()
         // Every failure below becomes Mixpeek's error body, once, here.
         .map_result(error::into_response)
         // Bodies over server.max_body_bytes: 413 (by Content-Length at once,

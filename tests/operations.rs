@@ -160,6 +160,19 @@ async fn sane_request_ids_are_kept_forwarded_and_returned_others_replaced() {
             .len(),
         32
     );
+    // The gateway's own error answers carry the client's id too.
+    let refused = h
+        .client
+        .send(
+            h.client
+                .request(Method::GET, "/v1/collections")
+                .header("x-request-id", "trace-401")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    refused.assert_error(401, "unauthorized");
+    assert_eq!(refused.header("x-request-id"), "trace-401");
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use super::client::ceil_secs;
 use super::metrics::{LimitMetrics, Reason};
 use crate::body::BoxError;
 use crate::error::GatewayError;
-use crate::server::PeerAddr;
+use crate::observe::RequestContext;
 
 /// The window failures are counted in.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -234,8 +234,9 @@ impl<S> Layer<S> for AuthFailureGuardLayer {
 }
 
 /// Answers 429 to a peer that failed authentication too often, and counts
-/// the 401s of the authentication below it. Requests without a
-/// [`PeerAddr`] (in-process callers) are not guarded.
+/// the 401s of the authentication below it. Requests without a peer
+/// address in their [`RequestContext`] (in-process callers) are not
+/// guarded.
 #[derive(Clone, Debug)]
 pub struct AuthFailureGuard<S> {
     inner: S,
@@ -255,10 +256,14 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let Some(peer) = request.extensions().get::<PeerAddr>() else {
+        let peer = request
+            .extensions()
+            .get::<Arc<RequestContext>>()
+            .and_then(|context| context.peer());
+        let Some(peer) = peer else {
             return ResponseFuture::inner(self.inner.call(request), None);
         };
-        let key = PeerKey::from(peer.0.ip());
+        let key = PeerKey::from(peer.ip());
         if let Some(remaining) = self.failures.blocked_for(key) {
             self.failures.metrics.count(None, Reason::AuthFailures);
             return ResponseFuture::early(GatewayError::RateLimited {
@@ -426,7 +431,10 @@ mod tests {
             let mut request = Request::new(());
             request
                 .extensions_mut()
-                .insert(PeerAddr(SocketAddr::from(([192, 0, 2, 7], 5000))));
+                .insert(Arc::new(RequestContext::with_peer(SocketAddr::from((
+                    [192, 0, 2, 7],
+                    5000,
+                )))));
             request
         };
         for _ in 0..2 {
