@@ -9,8 +9,10 @@ use mixpeek_gateway::cache::store::{Entry, Store};
 use mixpeek_gateway::cache::CacheKey;
 use std::time::Duration;
 // The gateway's allocator, so the figures are the server's.
+#[path = "../src/alloc.rs"]
+mod alloc;
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
 fn rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()

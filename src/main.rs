@@ -9,11 +9,12 @@ use mixpeek_gateway::cli::{Cli, Command};
 use mixpeek_gateway::config::{Config, LogFormat};
 use mixpeek_gateway::{demo, server, sim, stack, telemetry};
 
-/// mimalloc: fewer instructions per allocation than glibc's malloc on the
-/// hot path, and freed pages go back to the system instead of staying in
-/// per-thread arenas (see benches/RESULTS.md).
+#[path = "alloc.rs"]
+mod alloc;
+
+/// mimalloc (see `alloc.rs`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
 
 /// Exit code for configuration errors, as the interface specifies.
 const CONFIG_ERROR: u8 = 2;

@@ -13,12 +13,10 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use crate::body::BoxError;
 use crate::config::Config;
@@ -126,6 +124,72 @@ pub async fn serve(
     Ok(())
 }
 
+/// A connection's copy of the stack, as hyper's service.
+///
+/// hyper-util's `TowerToHyperService` clones the whole stack for every
+/// request (hyper calls services through `&self`, tower through `&mut
+/// self`): a dozen shared `Arc`s incremented and decremented per request,
+/// reference counts that every worker thread writes. Here each connection
+/// owns one copy and calls it in place; a stack that is not ready at once
+/// (none of its layers applies backpressure today) gets a clone that waits
+/// for readiness, as before.
+///
+/// Every request also gets its [`RequestContext`], holding the peer's
+/// address for the guards keyed by IP.
+struct ConnectionService<S> {
+    inner: std::cell::RefCell<S>,
+    peer: SocketAddr,
+}
+
+impl<S> ConnectionService<S> {
+    fn new(inner: S, peer: SocketAddr) -> Self {
+        Self {
+            inner: std::cell::RefCell::new(inner),
+            peer,
+        }
+    }
+}
+
+type ConnectionFuture<S, R> = futures_util::future::Either<
+    <S as tower::Service<R>>::Future,
+    futures_util::future::Either<
+        tower::util::Oneshot<S, R>,
+        std::future::Ready<Result<<S as tower::Service<R>>::Response, BoxError>>,
+    >,
+>;
+
+impl<S, B> hyper::service::Service<Request<B>> for ConnectionService<S>
+where
+    S: tower::Service<Request<B>, Error = BoxError> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ConnectionFuture<S, Request<B>>;
+
+    fn call(&self, mut request: Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        request
+            .extensions_mut()
+            .insert(Arc::new(RequestContext::with_peer(self.peer)));
+        // hyper never calls re-entrantly and the futures borrow nothing, so
+        // the borrow is always free; if it were not, the request fails
+        // rather than the connection.
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return Either::Right(Either::Right(std::future::ready(Err(
+                "connection service busy".into(),
+            ))));
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match inner.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => Either::Left(inner.call(request)),
+            _ => Either::Right(Either::Left(tower::ServiceExt::oneshot(
+                inner.clone(),
+                request,
+            ))),
+        }
+    }
+}
+
 /// One serving thread's share of the server.
 struct Worker<A> {
     listener: std::net::TcpListener,
@@ -176,15 +240,7 @@ where
             while tasks.try_join_next().is_some() {}
             let _ = stream.set_nodelay(true);
             let connection = self.connections.open();
-            let service = TowerToHyperService::new(connection.track(self.app.clone().map_request(
-                move |mut request: Request<Incoming>| {
-                    // The peer's address, for guards keyed by IP.
-                    request
-                        .extensions_mut()
-                        .insert(Arc::new(RequestContext::with_peer(peer)));
-                    request
-                },
-            )));
+            let service = ConnectionService::new(connection.track(self.app.clone()), peer);
             let builder = builder.clone();
             match &self.tls {
                 None => {
@@ -342,5 +398,94 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    /// Answers with the peer it finds in the request context; counts its
+    /// clones; is not ready on its first `poll_ready` when `slow`.
+    struct Probe {
+        clones: Arc<AtomicUsize>,
+        polled: bool,
+        slow: bool,
+    }
+
+    impl Probe {
+        fn new(slow: bool) -> (Self, Arc<AtomicUsize>) {
+            let clones = Arc::new(AtomicUsize::new(0));
+            let probe = Self {
+                clones: clones.clone(),
+                polled: false,
+                slow,
+            };
+            (probe, clones)
+        }
+    }
+
+    impl Clone for Probe {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::Relaxed);
+            Self {
+                clones: self.clones.clone(),
+                polled: self.polled,
+                slow: self.slow,
+            }
+        }
+    }
+
+    impl tower::Service<Request<()>> for Probe {
+        type Response = String;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<String, BoxError>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            if self.slow && !self.polled {
+                self.polled = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<()>) -> Self::Future {
+            let peer = request
+                .extensions()
+                .get::<Arc<RequestContext>>()
+                .and_then(|context| context.peer());
+            std::future::ready(Ok(format!("{peer:?}")))
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], 4321))
+    }
+
+    #[tokio::test]
+    async fn a_ready_stack_is_called_in_place_with_the_peer_in_context() {
+        use hyper::service::Service as _;
+        let (probe, clones) = Probe::new(false);
+        let service = ConnectionService::new(probe, peer());
+        for _ in 0..3 {
+            let answer = service.call(Request::new(())).await.unwrap();
+            assert_eq!(answer, format!("{:?}", Some(peer())));
+        }
+        assert_eq!(clones.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stack_not_ready_at_once_is_awaited_on_a_clone() {
+        use hyper::service::Service as _;
+        let (probe, clones) = Probe::new(true);
+        let service = ConnectionService::new(probe, peer());
+        // The first poll_ready is Pending: the call goes to a clone that
+        // waits for readiness, and still answers.
+        let answer = service.call(Request::new(())).await.unwrap();
+        assert_eq!(answer, format!("{:?}", Some(peer())));
+        assert_eq!(clones.load(Ordering::Relaxed), 1);
     }
 }

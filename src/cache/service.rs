@@ -429,23 +429,40 @@ async fn detail<B>(
             bump(&state.metrics.hits);
             return Ok(entry.to_response());
         }
-        if let Some(shared) = &state.shared {
-            if let Some(found) = shared.get_entry(&key).await {
-                bump(&state.metrics.hits);
-                bump(&shared.metrics.l2_hits);
-                let entry = Entry::new(found.status, found.content_type, found.body);
-                state.store.insert(key, entry.clone()).await;
-                let mut response = entry.to_response();
-                response
-                    .headers_mut()
-                    .insert(X_CACHE_TIER.clone(), HeaderValue::from_static("L2"));
+        // The miss paths are boxed: this future is moved into a box on
+        // every request, hits included, so it stays small.
+        if state.shared.is_some() {
+            if let Some(response) = Box::pin(shared_hit(&state, &key)).await {
                 return Ok(response);
             }
         }
     }
     // A GET's body means nothing to these routes; it is not forwarded.
     let (parts, _body) = request.into_parts();
-    coalesce(state, make_inner, key, parts, Bytes::new(), Kind::Detail).await
+    Box::pin(coalesce(
+        state,
+        make_inner,
+        key,
+        parts,
+        Bytes::new(),
+        Kind::Detail,
+    ))
+    .await
+}
+
+/// A hit in the replicas' shared tier (with `[redis]`), kept locally too.
+async fn shared_hit(state: &CacheState, key: &CacheKey) -> Option<Response<Body>> {
+    let shared = state.shared.as_ref()?;
+    let found = shared.get_entry(key).await?;
+    bump(&state.metrics.hits);
+    bump(&shared.metrics.l2_hits);
+    let entry = Entry::new(found.status, found.content_type, found.body);
+    state.store.insert(key.clone(), entry.clone()).await;
+    let mut response = entry.to_response();
+    response
+        .headers_mut()
+        .insert(X_CACHE_TIER.clone(), HeaderValue::from_static("L2"));
+    Some(response)
 }
 
 async fn list<B>(
