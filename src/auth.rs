@@ -5,8 +5,8 @@
 //! digests of the keys (like an htpasswd file), hashes the presented key and
 //! compares it with every configured digest in constant time. On success the
 //! client's own `Authorization` header is removed — it must never reach
-//! upstream — and the client is attached to the request as an
-//! [`AuthenticatedClient`] extension for the layers below.
+//! upstream — and the client is recorded in the request's
+//! [`RequestContext`] as its [`AuthenticatedClient`] for the layers below.
 //!
 //! SHA-256 of the key costs more than the rest of a cache hit, so each
 //! registry remembers, per client, a 128-bit keyed hash (SipHash under a
@@ -31,9 +31,22 @@ use crate::metrics::ClientLabel;
 use crate::observe::RequestContext;
 use crate::reload::Clients;
 
-/// The client a request was authenticated as (a request extension).
+/// The client a request was authenticated as (kept in its
+/// [`RequestContext`]).
 #[derive(Clone, Debug)]
 pub struct AuthenticatedClient(pub Arc<ClientConfig>);
+
+impl AuthenticatedClient {
+    /// The caller of `request`, once authenticated.
+    pub fn of<B>(request: &Request<B>) -> Option<&Self> {
+        RequestContext::of(request.extensions())?.caller()
+    }
+
+    /// Records `self` as the caller of `request`.
+    pub fn attach_to<B>(self, request: &mut Request<B>) {
+        RequestContext::attach(request).set_caller(self);
+    }
+}
 
 /// The configured clients, looked up by the digest of their key.
 #[derive(Debug, Default)]
@@ -168,11 +181,9 @@ impl<B> tower::filter::Predicate<Request<B>> for Authenticate {
         let (client, label) = registry
             .lookup_labelled(token)
             .ok_or(GatewayError::Unauthorized("invalid gateway key"))?;
-        if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
-            context.set_client(label);
-        }
-        let client = client.clone();
-        request.extensions_mut().insert(AuthenticatedClient(client));
+        let context = RequestContext::attach(&mut request);
+        context.observed().set_client(label);
+        context.set_caller(AuthenticatedClient(client.clone()));
         Ok(request)
     }
 }
@@ -214,13 +225,10 @@ mod tests {
     fn known_key_authenticates_and_is_removed() {
         let request = check(Some("Bearer key-b")).unwrap();
         assert!(request.headers().get(header::AUTHORIZATION).is_none());
-        let client = request.extensions().get::<AuthenticatedClient>().unwrap();
+        let client = AuthenticatedClient::of(&request).unwrap();
         assert_eq!(client.0.name, "b");
         assert_eq!(
-            check(Some("bearer key-a"))
-                .unwrap()
-                .extensions()
-                .get::<AuthenticatedClient>()
+            AuthenticatedClient::of(&check(Some("bearer key-a")).unwrap())
                 .unwrap()
                 .0
                 .name,

@@ -4,9 +4,10 @@
 //! query parameter. The gateway resolves the namespace the same way — header
 //! first, then query, then the client's configured `namespace` — and refuses
 //! (403) any value, in either place, outside the client's
-//! `allowed_namespaces`. The result is attached as an [`EffectiveNamespace`]
-//! extension; the upstream request always carries it as `X-Namespace`, and
-//! every cache and flight key includes it.
+//! `allowed_namespaces`. The result is recorded in the request's
+//! [`RequestContext`] as its [`EffectiveNamespace`]; the upstream request
+//! always carries it as `X-Namespace`, and every cache and flight key
+//! includes it.
 
 use std::sync::Arc;
 
@@ -17,11 +18,12 @@ use crate::auth::AuthenticatedClient;
 use crate::body::BoxError;
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
+use crate::observe::RequestContext;
 
 /// The `X-Namespace` header.
 pub static X_NAMESPACE: HeaderName = HeaderName::from_static("x-namespace");
 
-/// The namespace a request acts in (a request extension).
+/// The namespace a request acts in (kept in its [`RequestContext`]).
 ///
 /// It is always one of the client's allowed namespaces, so it is kept as an
 /// index into that list instead of a copy of the string.
@@ -32,6 +34,11 @@ pub struct EffectiveNamespace {
 }
 
 impl EffectiveNamespace {
+    /// The namespace `request` acts in, once resolved.
+    pub fn of(extensions: &http::Extensions) -> Option<&Self> {
+        RequestContext::of(extensions)?.namespace()
+    }
+
     /// The namespace.
     pub fn as_str(&self) -> &str {
         &self.client.allowed_namespaces[self.index]
@@ -53,15 +60,13 @@ impl<B> tower::filter::Predicate<Request<B>> for ResolveNamespace {
 
     fn check(&mut self, mut request: Request<B>) -> Result<Request<B>, BoxError> {
         let namespace = resolve(&request)?;
-        request.extensions_mut().insert(namespace);
+        RequestContext::attach(&mut request).set_namespace(namespace);
         Ok(request)
     }
 }
 
 fn resolve<B>(request: &Request<B>) -> Result<EffectiveNamespace, GatewayError> {
-    let client = request
-        .extensions()
-        .get::<AuthenticatedClient>()
+    let client = AuthenticatedClient::of(request)
         .ok_or(GatewayError::Internal(
             "namespace resolved before authentication",
         ))?
@@ -146,7 +151,7 @@ mod tests {
             builder = builder.header("x-namespace", *h);
         }
         let mut request = builder.body(()).unwrap();
-        request.extensions_mut().insert(client());
+        client().attach_to(&mut request);
         resolve(&request).map(|ns| ns.as_str().to_string())
     }
 

@@ -24,25 +24,30 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{FutureExt, Map};
-use http::{HeaderValue, Method, Request, Response};
+use http::{Extensions, HeaderValue, Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tower::{Layer, Service};
 
+use crate::auth::AuthenticatedClient;
 use crate::body::{Body, BoxError};
 use crate::cache_status::X_CACHE;
 use crate::metrics::{CacheOutcome, ClientLabel, Finished, Metrics, RouteClass};
+use crate::namespace::EffectiveNamespace;
 use crate::request_id::{MakeRequestIds, X_REQUEST_ID_NAME};
 
-/// What the layers below learn about a request (a request extension): the
-/// server creates it with the peer's address, the observe layer when there
-/// is none (in-process callers).
-#[derive(Debug, Default)]
+/// What the layers learn about a request, in its one request extension:
+/// the server creates it with the peer's address (the observe layer when
+/// there is none: in-process callers); authentication adds the caller,
+/// namespace resolution the namespace, and the layers below what the
+/// access log reports ([`Observed`]). One extension instead of one per
+/// fact: each insert into a request's extension map is a boxed allocation,
+/// and a fourth one rehashes the map, on every request.
+#[derive(Clone, Debug, Default)]
 pub struct RequestContext {
     peer: Option<SocketAddr>,
-    client: OnceLock<ClientLabel>,
-    route: AtomicU8,
-    upstream_status: AtomicU16,
-    upstream_micros: AtomicU64,
+    caller: Option<AuthenticatedClient>,
+    namespace: Option<EffectiveNamespace>,
+    observed: Arc<Observed>,
 }
 
 impl RequestContext {
@@ -54,11 +59,59 @@ impl RequestContext {
         }
     }
 
+    /// The context of a request, if it has one.
+    pub fn of(extensions: &Extensions) -> Option<&Self> {
+        extensions.get::<Self>()
+    }
+
+    /// The context of a request, attached first if it has none.
+    pub fn attach<B>(request: &mut Request<B>) -> &mut Self {
+        request.extensions_mut().get_or_insert_default::<Self>()
+    }
+
     /// The address the request came from; `None` in process.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
     }
 
+    /// Records who is calling.
+    pub fn set_caller(&mut self, caller: AuthenticatedClient) {
+        self.caller = Some(caller);
+    }
+
+    /// Who is calling, once authenticated.
+    pub fn caller(&self) -> Option<&AuthenticatedClient> {
+        self.caller.as_ref()
+    }
+
+    /// Records the namespace the request acts in.
+    pub fn set_namespace(&mut self, namespace: EffectiveNamespace) {
+        self.namespace = Some(namespace);
+    }
+
+    /// The namespace the request acts in, once resolved.
+    pub fn namespace(&self) -> Option<&EffectiveNamespace> {
+        self.namespace.as_ref()
+    }
+
+    /// What the access log and metrics will report, shared with the
+    /// observe layer (which outlives the request).
+    pub fn observed(&self) -> &Arc<Observed> {
+        &self.observed
+    }
+}
+
+/// What the observe layer reports about a request, filled in by the
+/// layers below it while the request travels.
+#[derive(Debug, Default)]
+pub struct Observed {
+    client: OnceLock<ClientLabel>,
+    route: AtomicU8,
+    upstream_status: AtomicU16,
+    upstream_micros: AtomicU64,
+}
+
+impl Observed {
     /// Records the authenticated client.
     pub fn set_client(&self, label: &ClientLabel) {
         let _ = self.client.set(label.clone());
@@ -134,7 +187,7 @@ pub struct Observe<S> {
 /// What is known when the request starts.
 #[derive(Debug)]
 struct PendingState {
-    context: Arc<RequestContext>,
+    context: Arc<Observed>,
     metrics: Arc<Metrics>,
     method: Method,
     request_id: HeaderValue,
@@ -173,14 +226,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let context = match request.extensions().get::<Arc<RequestContext>>() {
-            Some(context) => context.clone(),
-            None => {
-                let context = Arc::new(RequestContext::default());
-                request.extensions_mut().insert(context.clone());
-                context
-            }
-        };
+        let context = RequestContext::attach(&mut request).observed().clone();
         if request.uri().path().starts_with(crate::endpoints::PREFIX) {
             context.set_route(RouteClass::Gateway);
         }

@@ -170,7 +170,7 @@ where
         use futures_util::future::Either;
         request
             .extensions_mut()
-            .insert(Arc::new(RequestContext::with_peer(self.peer)));
+            .insert(RequestContext::with_peer(self.peer));
         // hyper never calls re-entrantly and the futures borrow nothing, so
         // the borrow is always free; if it were not, the request fails
         // rather than the connection.
@@ -455,8 +455,8 @@ mod tests {
         fn call(&mut self, request: Request<()>) -> Self::Future {
             let peer = request
                 .extensions()
-                .get::<Arc<RequestContext>>()
-                .and_then(|context| context.peer());
+                .get::<RequestContext>()
+                .and_then(RequestContext::peer);
             std::future::ready(Ok(format!("{peer:?}")))
         }
     }

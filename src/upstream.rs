@@ -154,9 +154,7 @@ impl Upstream {
     /// Turns a client's request into the request sent upstream.
     pub fn build_request(&self, request: Request<Body>) -> Result<Request<Body>, GatewayError> {
         let (mut parts, body) = request.into_parts();
-        let namespace = parts
-            .extensions
-            .get::<EffectiveNamespace>()
+        let namespace = EffectiveNamespace::of(&parts.extensions)
             .ok_or(GatewayError::Internal("no namespace resolved"))?;
         let namespace = HeaderValue::from_str(namespace.as_str())
             .map_err(|_| GatewayError::Internal("namespace is not a header value"))?;
@@ -210,7 +208,7 @@ impl tower::Service<Request<Body>> for Upstream {
             Err(error) => return future::ready(Err(error.into())).boxed(),
         };
         let body_idle = self.target.body_idle;
-        let context = request.extensions().get::<Arc<RequestContext>>().cloned();
+        let context = RequestContext::of(request.extensions()).map(|c| c.observed().clone());
         let started = Instant::now();
         let record = move |result: &Result<Response<Incoming>, legacy::Error>| {
             if let Some(context) = &context {
@@ -390,7 +388,7 @@ mod tests {
             .header("x-request-id", "abc")
             .body(body::empty())
             .unwrap();
-        let _ = request.extensions_mut().insert(AuthenticatedClient(client));
+        AuthenticatedClient(client).attach_to(&mut request);
         use tower::filter::Predicate;
         crate::namespace::ResolveNamespace.check(request).unwrap()
     }

@@ -379,8 +379,8 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let state = self.state.clone();
         let route = route::classify(request.method(), request.uri().path());
-        if let Some(context) = request.extensions().get::<Arc<RequestContext>>() {
-            context.set_route(match route {
+        if let Some(context) = RequestContext::of(request.extensions()) {
+            context.observed().set_route(match route {
                 Route::Detail { .. } => crate::metrics::RouteClass::Detail,
                 Route::List { .. } => crate::metrics::RouteClass::List,
                 Route::Invalidate { .. } | Route::PassThrough => {
@@ -410,9 +410,7 @@ where
 }
 
 fn namespace_of<B>(request: &Request<B>) -> Result<Arc<str>, GatewayError> {
-    request
-        .extensions()
-        .get::<EffectiveNamespace>()
+    EffectiveNamespace::of(request.extensions())
         .map(EffectiveNamespace::shared)
         .ok_or(GatewayError::Internal("no namespace resolved"))
 }

@@ -256,10 +256,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let peer = request
-            .extensions()
-            .get::<Arc<RequestContext>>()
-            .and_then(|context| context.peer());
+        let peer = RequestContext::of(request.extensions()).and_then(RequestContext::peer);
         let Some(peer) = peer else {
             return ResponseFuture::inner(self.inner.call(request), None);
         };
@@ -431,10 +428,10 @@ mod tests {
             let mut request = Request::new(());
             request
                 .extensions_mut()
-                .insert(Arc::new(RequestContext::with_peer(SocketAddr::from((
+                .insert(RequestContext::with_peer(SocketAddr::from((
                     [192, 0, 2, 7],
                     5000,
-                )))));
+                ))));
             request
         };
         for _ in 0..2 {

@@ -351,9 +351,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if let Some((shared, fail_mode)) = &self.shared {
             let limits = self.limits.load_full();
-            let client = request
-                .extensions()
-                .get::<AuthenticatedClient>()
+            let client = AuthenticatedClient::of(&request)
                 .filter(|client| limits.limiters.contains_key(&client.0.name))
                 .map(|client| client.0.clone());
             if let Some(client) = client {
@@ -366,9 +364,7 @@ where
                 ));
             }
         }
-        let decision = request
-            .extensions()
-            .get::<AuthenticatedClient>()
+        let decision = AuthenticatedClient::of(&request)
             .and_then(|client| self.limits.load().check(&client.0.name));
         match decision {
             None => ResponseFuture::inner(self.inner.call(request), None),
@@ -547,9 +543,7 @@ mod tests {
     fn request(client: Option<&ClientConfig>) -> Request<()> {
         let mut request = Request::get("/v1/x").body(()).unwrap();
         if let Some(client) = client {
-            request
-                .extensions_mut()
-                .insert(AuthenticatedClient(Arc::new(client.clone())));
+            AuthenticatedClient(Arc::new(client.clone())).attach_to(&mut request);
         }
         request
     }

@@ -397,10 +397,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let guard = self.guard.clone();
         Box::pin(async move {
-            let client = request
-                .extensions()
-                .get::<AuthenticatedClient>()
-                .map(|c| c.0.clone());
+            let client = AuthenticatedClient::of(&request).map(|c| c.0.clone());
             let name = client.as_deref().map(|c| c.name.as_str());
             let permit = guard.admit(name).await?;
             let response = send(inner, request).await?;
