@@ -178,7 +178,7 @@ fn redis_tiers(c: &mut Criterion) {
     });
     group.bench_function("l2_hit", |b| {
         b.to_async(&runtime).iter(|| async {
-            state.cache.store.remove(&key).await;
+            state.cache.store.remove(&key);
             let response = app.clone().oneshot(request(path)).await.unwrap();
             assert_eq!(response.headers()["x-cache-tier"], "L2");
             response.into_body().collect().await.unwrap();

@@ -25,8 +25,7 @@ fn rss() -> u64 {
         .parse()
         .unwrap()
 }
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -41,18 +40,10 @@ async fn main() {
     for i in 0..n {
         let key = CacheKey::detail(ns.clone(), format!("/v1/retrievers/executions/exec_{i:08}"));
         let ct = Some(HeaderValue::from_static("application/json"));
-        store
-            .insert(
-                key,
-                Entry::new(
-                    StatusCode::OK,
-                    ct,
-                    Bytes::copy_from_slice(&vec![b'x'; size]),
-                ),
-            )
-            .await;
+        let body = Bytes::copy_from_slice(&vec![b'x'; size]);
+        store.insert(key, Entry::new(StatusCode::OK, ct, body));
     }
-    store.run_pending_tasks().await;
+    store.run_pending_tasks();
     let after = rss();
     println!(
         "n={n} size={size} rss_delta={} KiB per_entry={} bytes overhead_per_entry={}",

@@ -564,11 +564,11 @@ async fn no_cache_skips_the_lookup_and_refreshes_the_entry() {
         .body(Full::default())
         .unwrap();
     let key = mixpeek_gateway::cache::CacheKey::detail("ns_search", path.to_string());
-    let stored_before = h.gateway.state.cache.store.get(&key).await.unwrap().body;
+    let stored_before = h.gateway.state.cache.store.get(&key).unwrap().body;
     let refreshed = h.client.send(request).await;
     assert_eq!(refreshed.header("x-cache"), "MISS");
     assert_eq!(h.sim.count(DETAIL), 2);
-    let stored_after = h.gateway.state.cache.store.get(&key).await.unwrap().body;
+    let stored_after = h.gateway.state.cache.store.get(&key).unwrap().body;
     // A refreshed entry holds a new copy (the old one is still alive here,
     // so its address cannot be reused).
     assert_eq!(stored_after, stored_before);
@@ -601,7 +601,7 @@ async fn byte_bound_holds_when_twice_max_bytes_are_fetched() {
         i += 1;
     }
     let store = &gateway.state.cache.store;
-    store.run_pending_tasks().await;
+    store.run_pending_tasks();
     assert!(
         store.weighted_bytes() <= max_bytes,
         "{} > {max_bytes}",

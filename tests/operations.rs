@@ -50,7 +50,7 @@ async fn metrics_count_requests_outcomes_upstream_calls_and_cache() {
     h.client.get(path, SEARCH_KEY).await;
     h.client.get("/v1/collections", ADS_KEY).await;
     h.client.get("/v1/collections", "nope").await;
-    h.gateway.state.cache.store.run_pending_tasks().await;
+    h.gateway.state.cache.store.run_pending_tasks();
 
     let text = scrape_until(&h.client, |t| {
         sample(

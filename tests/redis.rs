@@ -499,7 +499,7 @@ async fn a_mutation_on_one_replica_drops_the_entry_from_the_others_memory() {
     // B now holds it in memory (L2 hit, stored locally).
     assert_eq!(cb.get(path, SEARCH_KEY).await.header("x-cache-tier"), "L2");
     let key = CacheKey::detail("ns_search", path.into());
-    assert!(b.state.cache.store.get(&key).await.is_some());
+    assert!(b.state.cache.store.get(&key).is_some());
     let request = ca
         .request(http::Method::PATCH, path)
         .header("authorization", format!("Bearer {SEARCH_KEY}"))
@@ -509,7 +509,7 @@ async fn a_mutation_on_one_replica_drops_the_entry_from_the_others_memory() {
     assert_eq!(ca.send(request).await.status, 200);
     // The invalidation reaches B through Redis pub/sub.
     let started = Instant::now();
-    while b.state.cache.store.get(&key).await.is_some() {
+    while b.state.cache.store.get(&key).is_some() {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "B kept its copy"

@@ -172,7 +172,7 @@ async fn status_page_shows_the_counters() {
     h.client.get(detail, SEARCH_KEY).await; // HIT
     h.client.get(detail, SEARCH_KEY).await; // HIT
     h.client.get("/v1/collections", ADS_KEY).await; // BYPASS
-    h.gateway.state.cache.store.run_pending_tasks().await;
+    h.gateway.state.cache.store.run_pending_tasks();
     // Figures are recorded once a response body is done; read until settled.
     let mut html = String::new();
     for _ in 0..200 {

@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
@@ -250,8 +250,7 @@ impl CacheState {
             }
             Invalidation::Exact { ns, path } => {
                 self.generations.bump(&ns);
-                let store = self.store.clone();
-                tokio::spawn(async move { store.invalidate_exact(&ns, &path).await });
+                self.store.invalidate_exact(&ns, &path);
             }
             Invalidation::Below { ns, path } => {
                 self.generations.bump(&ns);
@@ -273,7 +272,7 @@ impl CacheState {
                 })
                 .await;
         }
-        self.store.remove(&key).await
+        self.store.remove(&key)
     }
 
     async fn invalidate(&self, namespace: &str, path: &str, exact_detail: bool) {
@@ -297,7 +296,7 @@ impl CacheState {
                 .await;
         }
         if exact_detail {
-            self.store.invalidate_exact(namespace, path).await;
+            self.store.invalidate_exact(namespace, path);
         } else {
             self.store.invalidate_below(namespace, path);
         }
@@ -368,7 +367,12 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+    /// A hit is answered at once, without an async state machine or a box;
+    /// everything else is a boxed future.
+    type Future = Either<
+        std::future::Ready<Result<Response<Body>, BoxError>>,
+        BoxFuture<'static, Result<Response<Body>, BoxError>>,
+    >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Readiness of the service below is awaited per call (`oneshot`),
@@ -388,14 +392,31 @@ where
                 }
             });
         }
-        match route {
+        Either::Right(match route {
             Route::PassThrough => {
                 bump(&state.metrics.bypassed);
                 state.metrics.upstream_call(RouteClass::Passthrough);
                 send((self.make_inner)(), request.map(body::boxed))
             }
             Route::Detail { path } => {
-                Box::pin(detail(state, self.make_inner.clone(), request, path))
+                let key = match namespace_of(&request) {
+                    Ok(namespace) => CacheKey::detail(namespace, path),
+                    Err(error) => return Either::Left(std::future::ready(Err(error.into()))),
+                };
+                let lookup = !policy::request_skips_lookup(request.headers());
+                if lookup {
+                    if let Some(entry) = state.store.get(&key) {
+                        bump(&state.metrics.hits);
+                        return Either::Left(std::future::ready(Ok(entry.to_response())));
+                    }
+                }
+                Box::pin(detail_miss(
+                    state,
+                    self.make_inner.clone(),
+                    request,
+                    key,
+                    lookup,
+                ))
             }
             Route::List { path } => Box::pin(list(state, self.make_inner.clone(), request, path)),
             Route::Invalidate { path, exact_detail } => Box::pin(mutation(
@@ -405,7 +426,7 @@ where
                 path,
                 exact_detail,
             )),
-        }
+        })
     }
 }
 
@@ -415,37 +436,23 @@ fn namespace_of<B>(request: &Request<B>) -> Result<Arc<str>, GatewayError> {
         .ok_or(GatewayError::Internal("no namespace resolved"))
 }
 
-async fn detail<B>(
+/// An execution detail not in this replica's memory (or a refresh, when
+/// `lookup` is false): the shared tier, then one upstream call per key.
+async fn detail_miss<B>(
     state: Arc<CacheState>,
     make_inner: MakeInner,
     request: Request<B>,
-    path: String,
+    key: CacheKey,
+    lookup: bool,
 ) -> Result<Response<Body>, BoxError> {
-    let key = CacheKey::detail(namespace_of(&request)?, path);
-    if !policy::request_skips_lookup(request.headers()) {
-        if let Some(entry) = state.store.get(&key).await {
-            bump(&state.metrics.hits);
-            return Ok(entry.to_response());
-        }
-        // The miss paths are boxed: this future is moved into a box on
-        // every request, hits included, so it stays small.
-        if state.shared.is_some() {
-            if let Some(response) = Box::pin(shared_hit(&state, &key)).await {
-                return Ok(response);
-            }
+    if lookup {
+        if let Some(response) = shared_hit(&state, &key).await {
+            return Ok(response);
         }
     }
     // A GET's body means nothing to these routes; it is not forwarded.
     let (parts, _body) = request.into_parts();
-    Box::pin(coalesce(
-        state,
-        make_inner,
-        key,
-        parts,
-        Bytes::new(),
-        Kind::Detail,
-    ))
-    .await
+    coalesce(state, make_inner, key, parts, Bytes::new(), Kind::Detail).await
 }
 
 /// A hit in the replicas' shared tier (with `[redis]`), kept locally too.
@@ -455,7 +462,7 @@ async fn shared_hit(state: &CacheState, key: &CacheKey) -> Option<Response<Body>
     bump(&state.metrics.hits);
     bump(&shared.metrics.l2_hits);
     let entry = Entry::new(found.status, found.content_type, found.body);
-    state.store.insert(key.clone(), entry.clone()).await;
+    state.store.insert(key.clone(), entry.clone());
     let mut response = entry.to_response();
     response
         .headers_mut()
@@ -485,7 +492,7 @@ where
         return send(make_inner(), upstream_request(parts, bytes)).await;
     };
     if !state.list_ttl.is_zero() && !policy::request_skips_lookup(&parts.headers) {
-        if let Some(entry) = state.store.get(&key).await {
+        if let Some(entry) = state.store.get(&key) {
             bump(&state.metrics.hits);
             return Ok(entry.to_response());
         }
@@ -700,7 +707,7 @@ async fn fly_shared(
                             entry.content_type.clone(),
                             entry.body.clone(),
                         );
-                        state.store.insert(key, local).await;
+                        state.store.insert(key, local);
                     }
                     let mut headers = HeaderMap::new();
                     if let Some(content_type) = entry.content_type {
@@ -755,13 +762,12 @@ async fn fly(
         let stored = Bytes::copy_from_slice(&bytes);
         state
             .store
-            .insert(key, Entry::new(parts.status, content_type, stored))
-            .await;
+            .insert(key, Entry::new(parts.status, content_type, stored));
     } else if kind == Kind::Detail
         && matches!(parts.status, StatusCode::NOT_FOUND | StatusCode::GONE)
     {
         // A refresh (no-cache) learned the execution is gone.
-        state.store.remove(&key).await;
+        state.store.remove(&key);
         if let Some(shared) = &state.shared {
             shared.delete_entry(&key).await;
         }

@@ -159,7 +159,7 @@ type Hasher = foldhash::quality::RandomState;
 /// The cache.
 #[derive(Clone)]
 pub struct Store {
-    cache: moka::future::Cache<CacheKey, Entry, Hasher>,
+    cache: moka::sync::Cache<CacheKey, Entry, Hasher>,
     evictions: Arc<AtomicU64>,
     /// Whether list results may be stored.
     lists: bool,
@@ -184,7 +184,7 @@ impl Store {
     pub fn new(max_bytes: u64, detail_ttl: Duration, list_ttl: Option<Duration>) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
         let counter = evictions.clone();
-        let builder = moka::future::Cache::builder()
+        let builder = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &CacheKey, entry: &Entry| entry.weight(key));
         let builder = match list_ttl {
@@ -210,21 +210,21 @@ impl Store {
     }
 
     /// The entry for `key`, if stored and not expired.
-    pub async fn get(&self, key: &CacheKey) -> Option<Entry> {
-        self.cache.get(key).await
+    pub fn get(&self, key: &CacheKey) -> Option<Entry> {
+        self.cache.get(key)
     }
 
     /// Stores (or refreshes) an entry. A list result is not stored when
     /// lists have no lifetime here (it would get the details' one).
-    pub async fn insert(&self, key: CacheKey, entry: Entry) {
+    pub fn insert(&self, key: CacheKey, entry: Entry) {
         if self.lists || key.body() == BodyKey::Detail {
-            self.cache.insert(key, entry).await;
+            self.cache.insert(key, entry);
         }
     }
 
     /// Removes one entry; true when there was one.
-    pub async fn remove(&self, key: &CacheKey) -> bool {
-        self.cache.remove(key).await.is_some()
+    pub fn remove(&self, key: &CacheKey) -> bool {
+        self.cache.remove(key).is_some()
     }
 
     /// Drops the entries of `namespace` at and below `path`.
@@ -243,10 +243,9 @@ impl Store {
     }
 
     /// Drops the execution detail of `namespace` at `path`: one key, no scan.
-    pub async fn invalidate_exact(&self, namespace: &str, path: &str) {
+    pub fn invalidate_exact(&self, namespace: &str, path: &str) {
         self.cache
-            .invalidate(&CacheKey::detail(namespace, path.to_string()))
-            .await;
+            .invalidate(&CacheKey::detail(namespace, path.to_string()));
     }
 
     /// Drops everything.
@@ -255,8 +254,8 @@ impl Store {
     }
 
     /// Applies pending maintenance (evictions, invalidations) now.
-    pub async fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks().await;
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
     }
 
     /// Number of entries (approximate until maintenance runs).
@@ -302,12 +301,12 @@ mod tests {
     #[tokio::test]
     async fn details_alone_share_one_lifetime_and_lists_are_not_kept() {
         let store = Store::new(1 << 20, Duration::from_millis(150), None);
-        store.insert(key("a", "/d"), entry(10)).await;
-        store.insert(list_key("a"), entry(10)).await;
-        assert!(store.get(&key("a", "/d")).await.is_some());
-        assert!(store.get(&list_key("a")).await.is_none());
+        store.insert(key("a", "/d"), entry(10));
+        store.insert(list_key("a"), entry(10));
+        assert!(store.get(&key("a", "/d")).is_some());
+        assert!(store.get(&list_key("a")).is_none());
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(store.get(&key("a", "/d")).await.is_none());
+        assert!(store.get(&key("a", "/d")).is_none());
     }
 
     #[tokio::test]
@@ -317,12 +316,12 @@ mod tests {
             Duration::from_secs(60),
             Some(Duration::from_millis(150)),
         );
-        store.insert(key("a", "/d"), entry(10)).await;
-        store.insert(list_key("a"), entry(10)).await;
-        assert!(store.get(&list_key("a")).await.is_some());
+        store.insert(key("a", "/d"), entry(10));
+        store.insert(list_key("a"), entry(10));
+        assert!(store.get(&list_key("a")).is_some());
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(store.get(&list_key("a")).await.is_none());
-        assert!(store.get(&key("a", "/d")).await.is_some());
+        assert!(store.get(&list_key("a")).is_none());
+        assert!(store.get(&key("a", "/d")).is_some());
     }
 
     #[tokio::test]
@@ -332,31 +331,21 @@ mod tests {
             Duration::from_secs(60),
             Some(Duration::from_secs(1)),
         );
-        store
-            .insert(key("a", "/v1/retrievers/r1/executions/e1"), entry(10))
-            .await;
-        store
-            .insert(key("b", "/v1/retrievers/r1/executions/e1"), entry(10))
-            .await;
-        store
-            .insert(key("a", "/v1/retrievers/r10/executions/e1"), entry(10))
-            .await;
+        store.insert(key("a", "/v1/retrievers/r1/executions/e1"), entry(10));
+        store.insert(key("b", "/v1/retrievers/r1/executions/e1"), entry(10));
+        store.insert(key("a", "/v1/retrievers/r10/executions/e1"), entry(10));
         assert!(store
             .get(&key("c", "/v1/retrievers/r1/executions/e1"))
-            .await
             .is_none());
         store.invalidate_below("a", "/v1/retrievers/r1");
         assert!(store
             .get(&key("a", "/v1/retrievers/r1/executions/e1"))
-            .await
             .is_none());
         assert!(store
             .get(&key("b", "/v1/retrievers/r1/executions/e1"))
-            .await
             .is_some());
         assert!(store
             .get(&key("a", "/v1/retrievers/r10/executions/e1"))
-            .await
             .is_some());
     }
 
@@ -364,14 +353,12 @@ mod tests {
     async fn byte_bound_holds() {
         let store = Store::new(100_000, Duration::from_secs(60), None);
         for i in 0..200 {
-            store
-                .insert(
-                    key("a", &format!("/v1/retrievers/executions/e{i}")),
-                    entry(1000),
-                )
-                .await;
+            store.insert(
+                key("a", &format!("/v1/retrievers/executions/e{i}")),
+                entry(1000),
+            );
         }
-        store.run_pending_tasks().await;
+        store.run_pending_tasks();
         assert!(
             store.weighted_bytes() <= 100_000,
             "{}",
