@@ -23,9 +23,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::{FutureExt, Map};
 use http::{Extensions, HeaderValue, Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use std::future::Future;
 use tower::{Layer, Service};
 
 use crate::auth::AuthenticatedClient;
@@ -33,7 +33,7 @@ use crate::body::{Body, BoxError};
 use crate::cache_status::X_CACHE;
 use crate::metrics::{CacheOutcome, ClientLabel, Finished, Metrics, RouteClass};
 use crate::namespace::EffectiveNamespace;
-use crate::request_id::{MakeRequestIds, X_REQUEST_ID_NAME};
+use crate::request_id::MakeRequestIds;
 
 /// What the layers learn about a request, in its one request extension:
 /// the server creates it with the peer's address (the observe layer when
@@ -45,6 +45,7 @@ use crate::request_id::{MakeRequestIds, X_REQUEST_ID_NAME};
 #[derive(Clone, Debug, Default)]
 pub struct RequestContext {
     peer: Option<SocketAddr>,
+    request_id: Option<HeaderValue>,
     caller: Option<AuthenticatedClient>,
     namespace: Option<EffectiveNamespace>,
     observed: Arc<Observed>,
@@ -72,6 +73,12 @@ impl RequestContext {
     /// The address the request came from; `None` in process.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// The request's `X-Request-Id`, once assigned; when the client did
+    /// not send a sane one, it is not in the request's headers.
+    pub fn request_id(&self) -> Option<&HeaderValue> {
+        self.request_id.as_ref()
     }
 
     /// Records who is calling.
@@ -209,57 +216,74 @@ impl Drop for Pending {
     }
 }
 
-type Finish = Box<
-    dyn FnOnce(Result<Response<Body>, BoxError>) -> Result<Response<ObservedBody>, BoxError> + Send,
->;
-
 impl<S, B> Service<Request<B>> for Observe<S>
 where
     S: Service<Request<B>, Response = Response<Body>, Error = BoxError>,
 {
     type Response = Response<ObservedBody>;
     type Error = BoxError;
-    type Future = Map<S::Future, Finish>;
+    type Future = ObserveFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let context = RequestContext::attach(&mut request).observed().clone();
-        if request.uri().path().starts_with(crate::endpoints::PREFIX) {
-            context.set_route(RouteClass::Gateway);
-        }
         let request_id = self.ids.assign(request.headers_mut());
-        let returned_id = request_id.clone();
+        let context = RequestContext::attach(&mut request);
+        context.request_id = Some(request_id.clone());
+        let observed = context.observed().clone();
+        if request.uri().path().starts_with(crate::endpoints::PREFIX) {
+            observed.set_route(RouteClass::Gateway);
+        }
         self.metrics.started();
-        let pending = Pending(Some(PendingState {
-            context,
+        let pending = PendingState {
+            context: observed,
             metrics: self.metrics.clone(),
             method: request.method().clone(),
             request_id,
             start: Instant::now(),
-        }));
-        let finish: Finish = Box::new(move |result| {
-            result.map(|mut response| {
-                // The upstream's own id, when it sent one, is left as is.
-                response
-                    .headers_mut()
-                    .entry(X_REQUEST_ID_NAME)
-                    .or_insert(returned_id);
-                let status = response.status().as_u16();
-                let outcome = CacheOutcome::from_header(response.headers().get(&X_CACHE));
-                response.map(|body| ObservedBody {
-                    inner: body,
-                    done: Some(Done {
-                        pending,
-                        status,
-                        outcome,
-                    }),
-                })
-            })
-        });
-        self.inner.call(request).map(finish)
+        };
+        ObserveFuture {
+            inner: self.inner.call(request),
+            pending: Pending(Some(pending)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Observe`].
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        pending: Pending,
+    }
+}
+
+impl<F> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = Result<Response<ObservedBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        let pending = Pending(this.pending.0.take());
+        if let Some(state) = &pending.0 {
+            // The upstream's own id, when it sent one, is left as is.
+            crate::request_id::set_if_absent(response.headers_mut(), &state.request_id);
+        }
+        let status = response.status().as_u16();
+        let outcome = CacheOutcome::from_header(response.headers().get(&X_CACHE));
+        Poll::Ready(Ok(response.map(|body| ObservedBody {
+            inner: body,
+            done: Some(Done {
+                pending,
+                status,
+                outcome,
+            }),
+        })))
     }
 }
 

@@ -53,18 +53,27 @@ impl MakeRequestIds {
     }
 
     /// The request's id: the client's `X-Request-Id` when it is sane
-    /// ([`is_sane`]), a fresh one (set on the request, so it is
-    /// forwarded upstream) otherwise.
+    /// ([`is_sane`]) and stays on the request; otherwise a fresh one, and
+    /// any insane header is removed. A fresh id is not written into the
+    /// request here: only a request that goes upstream needs it there
+    /// ([`set_if_absent`]), a cache hit does not.
     pub fn assign(&self, headers: &mut HeaderMap) -> HeaderValue {
         let mut values = headers.get_all(&X_REQUEST_ID_NAME).iter();
-        if let (Some(value), None) = (values.next(), values.next()) {
-            if is_sane(value.as_bytes()) {
-                return value.clone();
+        match (values.next(), values.next()) {
+            (Some(value), None) if is_sane(value.as_bytes()) => return value.clone(),
+            (None, _) => {}
+            _ => {
+                headers.remove(&X_REQUEST_ID_NAME);
             }
         }
-        let id = self.next();
+        self.next()
+    }
+}
+
+/// Sets `id` as the `X-Request-Id` of `headers` unless they have one.
+pub fn set_if_absent(headers: &mut HeaderMap, id: &HeaderValue) {
+    if !headers.contains_key(&X_REQUEST_ID_NAME) {
         headers.insert(X_REQUEST_ID_NAME, id.clone());
-        id
     }
 }
 
@@ -121,6 +130,10 @@ mod tests {
             }
             let id = make.assign(&mut headers);
             assert_eq!(id.len(), 32);
+            // Nothing of the client's is left; the fresh id goes on when
+            // the request goes upstream.
+            assert!(!headers.contains_key(X_REQUEST_ID));
+            set_if_absent(&mut headers, &id);
             assert_eq!(
                 headers.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
                 [&id]

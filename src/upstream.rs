@@ -159,6 +159,12 @@ impl Upstream {
         let namespace = HeaderValue::from_str(namespace.as_str())
             .map_err(|_| GatewayError::Internal("namespace is not a header value"))?;
 
+        // A request id the gateway generated goes upstream too.
+        if let Some(id) = RequestContext::of(&parts.extensions).and_then(RequestContext::request_id)
+        {
+            crate::request_id::set_if_absent(&mut parts.headers, id);
+        }
+
         let path_and_query = parts
             .uri
             .path_and_query()

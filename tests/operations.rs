@@ -160,6 +160,17 @@ async fn sane_request_ids_are_kept_forwarded_and_returned_others_replaced() {
             .len(),
         32
     );
+    // A generated id goes upstream with a cache miss's shared call too.
+    let miss = h
+        .client
+        .get("/v1/retrievers/executions/exec_rid", SEARCH_KEY)
+        .await;
+    assert_eq!(miss.header("x-cache"), "MISS");
+    assert_eq!(miss.header("x-request-id").len(), 32);
+    assert_eq!(
+        h.sim.requests().pop().unwrap().headers["x-request-id"],
+        miss.header("x-request-id")
+    );
     // The gateway's own error answers carry the client's id too.
     let refused = h
         .client
