@@ -18,7 +18,8 @@ use http::{HeaderMap, HeaderValue};
 /// sequence number.
 #[derive(Clone, Debug)]
 pub struct MakeRequestIds {
-    seed: u64,
+    /// The random seed, already in hex.
+    prefix: [u8; 16],
     counter: Arc<AtomicU64>,
 }
 
@@ -28,8 +29,11 @@ impl MakeRequestIds {
         let seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
+        let mut prefix = [b'0'; 16];
+        // 8 bytes are exactly 16 hex digits.
+        let _ = hex::encode_to_slice(seed.to_be_bytes(), &mut prefix);
         Self {
-            seed,
+            prefix,
             counter: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -46,8 +50,7 @@ impl MakeRequestIds {
     pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut text = [b'0'; 32];
-        // Both fit exactly: 8 bytes are 16 hex digits.
-        let _ = hex::encode_to_slice(self.seed.to_be_bytes(), &mut text[..16]);
+        text[..16].copy_from_slice(&self.prefix);
         let _ = hex::encode_to_slice(n.to_be_bytes(), &mut text[16..]);
         HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
