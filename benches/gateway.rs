@@ -13,6 +13,12 @@
 //!
 //! `cargo bench --bench gateway`; numbers are in benches/RESULTS.md.
 
+// The gateway's allocator, so the figures are the server's.
+#[path = "../src/alloc.rs"]
+mod alloc;
+#[global_allocator]
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -4,6 +4,12 @@
 //!
 //! `valgrind --tool=callgrind target/release/examples/hit_path 20000`
 
+// The gateway's allocator, so the figures are the server's.
+#[path = "../src/alloc.rs"]
+mod alloc;
+#[global_allocator]
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
+
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
