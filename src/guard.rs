@@ -60,8 +60,9 @@ fn check<B>(request: &Request<B>) -> Result<(), GatewayError> {
 /// slash (`a%2F..%2Fb`), which some servers decode before routing; a
 /// backslash counts as a separator for the same reason.
 pub fn has_dot_segment(path: &str) -> bool {
-    // Nearly every path has neither: no decoding, no allocation.
-    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+    // Nearly every path has neither: no decoding, no allocation (and a
+    // vectorised search: this runs on every request).
+    if memchr::memchr3(b'.', b'%', b'\\', path.as_bytes()).is_none() {
         return false;
     }
     let decoded = percent_decode_str(path).collect::<Vec<u8>>();

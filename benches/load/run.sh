@@ -238,6 +238,12 @@ coalesce() {
   [ "$HAVE_NGINX" = 1 ] && { start_nginx slow "$NGX_SLOW" "$SIM_SLOW" auto; targets+=("nginx-lock|$NGX_SLOW"); }
   echo "| target | request | upstream calls | statuses | waiter p50 ms | p99 ms | max ms |"
   echo "| --- | --- | ---: | --- | ---: | ---: | ---: |"
+  # The upstream's own latency as this harness sees it: 100 concurrent
+  # requests straight to the simulated API, each on a new connection.
+  for trial in 1 2; do
+    local out; out=$("$LOADGEN" burst "http://127.0.0.1:$SIM_SLOW/v1/retrievers/executions/exec_direct_$trial?namespace=$NS" 100 "$REAL_KEY")
+    echo "$out" | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| upstream direct | detail #$trial | 100 | {d['statuses']} | {d['p50_ms']} | {d['p99_ms']} | {d['max_ms']} |\")"
+  done
   for t in "${targets[@]}"; do
     IFS='|' read -r name port <<<"$t"
     for trial in 1 2 3; do
