@@ -884,6 +884,14 @@ impl RawCache {
                 "must be greater than 0",
             ));
         }
+        // moka refuses lifetimes beyond 1000 years (it asserts at build).
+        const MAX_TTL_SECONDS: u64 = 1000 * 365 * 24 * 3600;
+        if self.ttl_seconds > MAX_TTL_SECONDS {
+            return Err(ConfigError::new(
+                "cache.ttl_seconds",
+                "must be at most 31536000000 (1000 years)",
+            ));
+        }
         Ok(CacheConfig {
             max_bytes: self.max_bytes,
             ttl: Duration::from_secs(self.ttl_seconds),
@@ -981,6 +989,19 @@ mod tests {
         let err = Config::from_toml(&text, env).unwrap_err();
         assert_eq!(err.key, "server.listen_on");
         assert!(err.message.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn cache_ttl_is_bounded() {
+        for ttl in ["0", "31536000001", "9223372036854775807"] {
+            let text = format!("{}[cache]\nttl_seconds = {ttl}\n", minimal());
+            let err = Config::from_toml(&text, env).unwrap_err();
+            assert_eq!(err.key, "cache.ttl_seconds", "{ttl}");
+        }
+        let text = format!("{}[cache]\nttl_seconds = 31536000000\n", minimal());
+        let config = Config::from_toml(&text, env).unwrap();
+        // The longest lifetime still builds a store.
+        let _ = crate::cache::CacheState::new(&config);
     }
 
     #[test]

@@ -81,6 +81,11 @@ impl RequestContext {
         self.request_id.as_ref()
     }
 
+    /// Records the request's `X-Request-Id`.
+    pub fn set_request_id(&mut self, id: HeaderValue) {
+        self.request_id = Some(id);
+    }
+
     /// Records who is calling.
     pub fn set_caller(&mut self, caller: AuthenticatedClient) {
         self.caller = Some(caller);
@@ -231,7 +236,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let request_id = self.ids.assign(request.headers_mut());
         let context = RequestContext::attach(&mut request);
-        context.request_id = Some(request_id.clone());
+        context.set_request_id(request_id.clone());
         let observed = context.observed().clone();
         if request.uri().path().starts_with(crate::endpoints::PREFIX) {
             observed.set_route(RouteClass::Gateway);

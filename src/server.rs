@@ -172,8 +172,9 @@ where
             .extensions_mut()
             .insert(RequestContext::with_peer(self.peer));
         // hyper never calls re-entrantly and the futures borrow nothing, so
-        // the borrow is always free; if it were not, the request fails
-        // rather than the connection.
+        // the borrow is always free; were it not, this answers an error
+        // (which hyper turns into a closed HTTP/1 connection or a reset
+        // HTTP/2 stream) instead of panicking.
         let Ok(mut inner) = self.inner.try_borrow_mut() else {
             return Either::Right(Either::Right(std::future::ready(Err(
                 "connection service busy".into(),

@@ -159,12 +159,6 @@ impl Upstream {
         let namespace = HeaderValue::from_str(namespace.as_str())
             .map_err(|_| GatewayError::Internal("namespace is not a header value"))?;
 
-        // A request id the gateway generated goes upstream too.
-        if let Some(id) = RequestContext::of(&parts.extensions).and_then(RequestContext::request_id)
-        {
-            crate::request_id::set_if_absent(&mut parts.headers, id);
-        }
-
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -188,6 +182,13 @@ impl Upstream {
 
         let headers = &mut parts.headers;
         remove_hop_by_hop(headers);
+        // The request's id goes upstream: a generated one was not in the
+        // headers yet, and a client's may just have been stripped as
+        // hop-by-hop (`Connection: x-request-id`).
+        if let Some(id) = RequestContext::of(&parts.extensions).and_then(RequestContext::request_id)
+        {
+            crate::request_id::set_if_absent(headers, id);
+        }
         headers.remove(header::HOST);
         headers.remove(header::EXPECT);
         headers.insert(
@@ -413,6 +414,32 @@ mod tests {
         assert_eq!(h["x-request-id"], "abc");
         for gone in ["host", "connection", "x-secret-hop", "keep-alive"] {
             assert!(h.get(gone).is_none(), "{gone}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_id_goes_upstream_even_when_named_hop_by_hop() {
+        let up = upstream("http://127.0.0.1:9/");
+        // A generated id (not in the headers), and a client's id that its
+        // own `Connection` header names as hop-by-hop.
+        for (header, connection) in [(None, None), (Some("abc"), Some("x-request-id"))] {
+            let mut request = namespaced("/v1/x");
+            request.headers_mut().remove("x-request-id");
+            if let Some(id) = header {
+                request
+                    .headers_mut()
+                    .insert("x-request-id", id.parse().unwrap());
+            }
+            if let Some(connection) = connection {
+                request
+                    .headers_mut()
+                    .insert("connection", connection.parse().unwrap());
+            }
+            let id = header.unwrap_or("0123456789abcdef0123456789abcdef");
+            RequestContext::attach(&mut request).set_request_id(id.parse().unwrap());
+            let built = up.build_request(request).unwrap();
+            assert_eq!(built.headers()["x-request-id"], id);
+            assert!(built.headers().get("connection").is_none());
         }
     }
 
