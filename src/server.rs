@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::BoxError;
 use crate::config::Config;
-use crate::connections::Connections;
+use crate::connections::{Connection, Connections};
 use crate::observe::RequestContext;
 use crate::stack::{self, AppState};
 
@@ -243,45 +243,19 @@ where
             let connection = self.connections.open();
             let service = ConnectionService::new(connection.track(self.app.clone()), peer);
             let builder = builder.clone();
-            match &self.tls {
-                None => {
-                    tasks.spawn(async move {
-                        let served =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Some(Err(error)) =
-                            connection.serve(served, |c| c.graceful_shutdown()).await
-                        {
-                            tracing::debug!(%peer, error = %error, "connection closed with error");
-                        }
-                    });
+            let tls = self.tls.clone();
+            tasks.spawn(async move {
+                let Some(acceptor) = tls else {
+                    return serve_connection(&builder, stream, service, connection, peer).await;
+                };
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve_connection(&builder, stream, service, connection, peer).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
-                    tasks.spawn(async move {
-                        let stream =
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let served =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Some(Err(error)) =
-                            connection.serve(served, |c| c.graceful_shutdown()).await
-                        {
-                            tracing::debug!(%peer, error = %error, "connection closed with error");
-                        }
-                    });
-                }
-            }
+            });
         }
         drop(listener);
         let _ = self.stopped_listening.send(());
@@ -293,6 +267,29 @@ where
                 () = &mut grace => break,
             }
         }
+    }
+}
+
+/// Serves one accepted connection (plain or after its TLS handshake) until
+/// it ends, shutting it down gracefully when the sweeper or a drain asks.
+async fn serve_connection<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: I,
+    service: ConnectionService<S>,
+    connection: Connection,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = http::Response<B>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
+{
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Some(Err(error)) = connection.serve(served, |c| c.graceful_shutdown()).await {
+        tracing::debug!(%peer, error = %error, "connection closed with error");
     }
 }
 

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
@@ -93,10 +92,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_last_response() {
 
 #[tokio::test]
 async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut sim = SimConfig::new(REAL_KEY);
-    sim.sse_interval = Duration::ZERO;
-    sim.sse_gate = Some(gate.clone());
+    let (sim, gate) = gated_sse_sim();
     let h = harness(sim).await;
 
     let response = h.client.send_streaming(h.client.sse_execute()).await;

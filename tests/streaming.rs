@@ -3,11 +3,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use mixpeek_gateway::sim::SimConfig;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,10 +28,7 @@ async fn sse_first_event_arrives_before_the_last_is_sent() {
     // The sim sends the first stage event, then waits for a permit before
     // each further one: the client must see event one while the sim is
     // still holding the others back. A buffering proxy never delivers it.
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut sim = SimConfig::new(REAL_KEY);
-    sim.sse_interval = Duration::ZERO;
-    sim.sse_gate = Some(gate.clone());
+    let (sim, gate) = gated_sse_sim();
     let h = Harness::with(sim, "", "").await;
 
     let response = h.client.send_streaming(h.client.sse_execute()).await;

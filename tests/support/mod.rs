@@ -62,6 +62,16 @@ pub fn config(toml: &str) -> Config {
     .expect("test config is valid")
 }
 
+/// A sim whose SSE stream sends its first event at once and each further
+/// one only when the returned gate gets a permit.
+pub fn gated_sse_sim() -> (SimConfig, std::sync::Arc<tokio::sync::Semaphore>) {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut sim = SimConfig::new(REAL_KEY);
+    sim.sse_interval = Duration::ZERO;
+    sim.sse_gate = Some(gate.clone());
+    (sim, gate)
+}
+
 /// Starts the simulated API on an ephemeral port.
 pub async fn start_sim(config: SimConfig) -> SimHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
