@@ -65,10 +65,7 @@ impl ClientRegistry {
     /// Builds the registry from the configured clients.
     pub fn new(clients: impl IntoIterator<Item = ClientConfig>) -> Self {
         let clients: Vec<Arc<ClientConfig>> = clients.into_iter().map(Arc::new).collect();
-        let labels = clients
-            .iter()
-            .map(|c| ClientLabel::new(Arc::from(c.name.as_str())))
-            .collect();
+        let labels = clients.iter().map(|c| ClientLabel::new(&c.name)).collect();
         let seen = clients
             .iter()
             .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])

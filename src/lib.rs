@@ -33,6 +33,7 @@ pub mod shared;
 pub mod sim;
 pub mod stack;
 pub mod status;
+pub mod striped;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -22,41 +22,50 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::CacheState;
 use crate::limits::{LimitMetrics, Limits};
+use crate::striped::{StripedCells, StripedI64, StripedU64};
+
+/// A counter bumped on every request: striped per worker thread, so two
+/// cores never write the same cache line for it (see [`crate::striped`]).
+type HotCounter = Counter<u64, StripedU64>;
 
 /// A client name as a label value, shared rather than copied per request.
 ///
 /// It also carries the client's own counters once they have been looked up,
 /// so a request's bookkeeping does not search the metric families by label
 /// (hashing the name) on every response. Equality and hashing are by name.
+/// One `Arc` for both, so a request takes one reference, not two.
 #[derive(Clone, Debug)]
-pub struct ClientLabel {
-    name: Arc<str>,
-    hot: Arc<OnceLock<ClientCounters>>,
+pub struct ClientLabel(Arc<LabelInner>);
+
+#[derive(Debug)]
+struct LabelInner {
+    name: Box<str>,
+    hot: OnceLock<ClientCounters>,
 }
 
 impl ClientLabel {
     /// The label of a client named `name`.
-    pub fn new(name: Arc<str>) -> Self {
-        Self {
-            name,
-            hot: Arc::default(),
-        }
+    pub fn new(name: &str) -> Self {
+        Self(Arc::new(LabelInner {
+            name: name.into(),
+            hot: OnceLock::new(),
+        }))
     }
 
     /// The label of requests that were not authenticated.
     pub fn anonymous() -> Self {
-        Self::new(Arc::from("-"))
+        Self::new("-")
     }
 
     /// The client's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 }
 
 impl PartialEq for ClientLabel {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
+        self.name() == other.name()
     }
 }
 
@@ -64,14 +73,14 @@ impl Eq for ClientLabel {}
 
 impl Hash for ClientLabel {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
+        self.name().hash(state);
     }
 }
 
 impl EncodeLabelValue for ClientLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         use std::fmt::Write;
-        encoder.write_str(&self.name)
+        encoder.write_str(self.name())
     }
 }
 
@@ -79,10 +88,10 @@ impl EncodeLabelValue for ClientLabel {
 #[derive(Debug)]
 struct ClientCounters {
     /// `requests{status="200"}` per route class.
-    ok: [Counter; ROUTES.len()],
-    requests: Counter,
-    hits: Counter,
-    saved: Counter,
+    ok: [HotCounter; ROUTES.len()],
+    requests: HotCounter,
+    hits: HotCounter,
+    saved: HotCounter,
 }
 
 /// Every route class, in `RouteClass as usize` order.
@@ -102,51 +111,50 @@ const OUTCOMES: [CacheOutcome; 5] = [
     CacheOutcome::None,
 ];
 
-/// A latency histogram updated with atomic adds instead of a lock (the
-/// library's histogram takes a write lock per observation, which every
-/// request on every core would contend for). Buckets are in seconds.
+/// A latency histogram updated with atomic adds on the calling thread's
+/// stripe instead of a lock (the library's histogram takes a write lock per
+/// observation, which every request on every core would contend for).
+/// Buckets are in seconds.
 #[derive(Clone, Debug)]
 pub struct LatencyHistogram(Arc<HistogramCells>);
 
 #[derive(Debug)]
 struct HistogramCells {
     bounds: Vec<f64>,
-    /// One more than `bounds`: the last counts observations above them all.
-    counts: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
+    /// Cells `0..=bounds.len()` count observations per bucket (the last
+    /// counts those above every bound); the one after sums nanoseconds.
+    cells: StripedCells,
+}
+
+impl HistogramCells {
+    fn sum_cell(&self) -> usize {
+        self.bounds.len() + 1
+    }
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         // 100 µs .. ~52 s
         let bounds: Vec<f64> = exponential_buckets(0.0001, 2.0, 20).collect();
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-        Self(Arc::new(HistogramCells {
-            bounds,
-            counts,
-            sum_nanos: AtomicU64::new(0),
-        }))
+        let cells = StripedCells::new(bounds.len() + 2);
+        Self(Arc::new(HistogramCells { bounds, cells }))
     }
 }
 
 impl LatencyHistogram {
     /// Records one observation.
     pub fn observe(&self, latency: Duration) {
-        let cells = &self.0;
+        let histogram = &self.0;
         let secs = latency.as_secs_f64();
-        let bucket = cells.bounds.partition_point(|bound| *bound < secs);
-        cells.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let bucket = histogram.bounds.partition_point(|bound| *bound < secs);
+        histogram.cells.add(bucket, 1);
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        histogram.cells.add(histogram.sum_cell(), nanos);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.0
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        (0..=self.0.bounds.len()).map(|i| self.0.cells.sum(i)).sum()
     }
 }
 
@@ -157,16 +165,17 @@ impl prometheus_client::metrics::TypedMetric for LatencyHistogram {
 
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let cells = &self.0;
-        let buckets: Vec<(f64, u64)> = cells
+        let histogram = &self.0;
+        let buckets: Vec<(f64, u64)> = histogram
             .bounds
             .iter()
             .copied()
             .chain(std::iter::once(f64::MAX))
-            .zip(cells.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(i, bound)| (bound, histogram.cells.sum(i)))
             .collect();
         let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = Duration::from_nanos(cells.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
+        let sum = Duration::from_nanos(histogram.cells.sum(histogram.sum_cell())).as_secs_f64();
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
@@ -308,18 +317,18 @@ pub struct Finished {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
+    requests: Family<RequestLabels, HotCounter>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     /// The families' members for every route and outcome, resolved once.
     upstream_latency: [LatencyHistogram; ROUTES.len()],
     request_latency: [LatencyHistogram; ROUTES.len()],
-    outcome_counters: [Counter; OUTCOMES.len()],
-    saved: Family<ClientLabels, Counter>,
+    outcome_counters: [HotCounter; OUTCOMES.len()],
+    saved: Family<ClientLabels, HotCounter>,
     rate_limited: Family<LimitLabels, Counter>,
-    client_requests: Family<ClientLabels, Counter>,
-    client_hits: Family<ClientLabels, Counter>,
+    client_requests: Family<ClientLabels, HotCounter>,
+    client_hits: Family<ClientLabels, HotCounter>,
     client_limited: Family<ClientLabels, Counter>,
-    in_flight: Gauge,
+    in_flight: Gauge<i64, StripedI64>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
     cache_evictions: Counter,
@@ -355,7 +364,7 @@ impl Metrics {
             "Requests answered, by client, route class and status",
             requests.clone(),
         );
-        let outcomes: Family<OutcomeLabels, Counter> = Family::default();
+        let outcomes: Family<OutcomeLabels, HotCounter> = Family::default();
         registry.register(
             "cache_outcomes",
             "Responses by X-Cache outcome",
@@ -409,7 +418,7 @@ impl Metrics {
             "Requests answered 429, by client",
             client_limited.clone(),
         );
-        let in_flight = Gauge::default();
+        let in_flight = Gauge::<i64, StripedI64>::default();
         registry.register(
             "in_flight_requests",
             "Requests being served",
@@ -548,6 +557,7 @@ impl Metrics {
         self.in_flight.dec();
         let client = done
             .client
+            .0
             .hot
             .get_or_init(|| self.client_counters(&done.client));
         let route = done.route as usize;
@@ -637,10 +647,7 @@ impl Metrics {
         for (client, reason, count) in limits.metrics.snapshot() {
             let key = (client.map(str::to_string), reason.as_str());
             let before = seen.insert(key, count).unwrap_or(0);
-            let client = client.map_or_else(
-                || self.anonymous.clone(),
-                |c| ClientLabel::new(Arc::from(c)),
-            );
+            let client = client.map_or_else(|| self.anonymous.clone(), ClientLabel::new);
             self.rate_limited
                 .get_or_create(&LimitLabels {
                     client,
@@ -767,7 +774,7 @@ mod tests {
     fn a_clients_remembered_counters_are_the_exported_series() {
         let state = state();
         let metrics = &state.metrics;
-        let label = ClientLabel::new(Arc::from("team"));
+        let label = ClientLabel::new("team");
         let finish = |client: &ClientLabel, status, outcome| {
             metrics.started();
             metrics.finished(&Finished {
@@ -782,11 +789,7 @@ mod tests {
         finish(&label, 200, CacheOutcome::Hit);
         finish(&label, 200, CacheOutcome::Miss);
         // Another label value for the same name shares the series.
-        finish(
-            &ClientLabel::new(Arc::from("team")),
-            404,
-            CacheOutcome::None,
-        );
+        finish(&ClientLabel::new("team"), 404, CacheOutcome::None);
         assert_eq!(metrics.client_figures(&label), (3, 1, 0));
         let text = metrics.encode();
         assert!(

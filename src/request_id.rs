@@ -2,40 +2,41 @@
 //!
 //! tower-http's `MakeRequestUuid` asks the OS for randomness on every request
 //! (a `getrandom` syscall), which shows up in profiles of the cache-hit path.
-//! [`MakeRequestIds`] draws one random seed at startup and mixes it with a
-//! counter: ids are unique within the process, unpredictable across
-//! processes, and cost no syscall. The observe layer assigns the id and
+//! [`MakeRequestIds`] draws one random seed per thread and mixes it with
+//! that thread's counter: ids are unique (a 64-bit random prefix per
+//! thread), unpredictable across threads and processes, and cost no syscall
+//! and no atomic shared between cores. The observe layer assigns the id and
 //! returns it on every response (see [`crate::observe`]).
 
+use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
-/// Generates request ids: 32 hex digits, a per-process random prefix and a
-/// sequence number.
+/// Generates request ids: 32 hex digits, a per-thread random prefix and
+/// that thread's sequence number.
 #[derive(Clone, Debug)]
-pub struct MakeRequestIds {
-    /// The random seed, already in hex.
-    prefix: [u8; 16],
-    counter: Arc<AtomicU64>,
-}
+pub struct MakeRequestIds(());
 
-impl MakeRequestIds {
-    /// A generator with a fresh random seed.
-    pub fn new() -> Self {
+thread_local! {
+    /// This thread's random seed, already in hex (8 bytes are exactly 16
+    /// hex digits).
+    static PREFIX: [u8; 16] = {
         let seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
         let mut prefix = [b'0'; 16];
-        // 8 bytes are exactly 16 hex digits.
         let _ = hex::encode_to_slice(seed.to_be_bytes(), &mut prefix);
-        Self {
-            prefix,
-            counter: Arc::new(AtomicU64::new(0)),
-        }
+        prefix
+    };
+    static SEQUENCE: Cell<u64> = const { Cell::new(0) };
+}
+
+impl MakeRequestIds {
+    /// A generator.
+    pub fn new() -> Self {
+        Self(())
     }
 }
 
@@ -48,9 +49,13 @@ impl Default for MakeRequestIds {
 impl MakeRequestIds {
     /// A fresh id.
     pub fn next(&self) -> HeaderValue {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = SEQUENCE.with(|sequence| {
+            let n = sequence.get();
+            sequence.set(n.wrapping_add(1));
+            n
+        });
         let mut text = [b'0'; 32];
-        text[..16].copy_from_slice(&self.prefix);
+        PREFIX.with(|prefix| text[..16].copy_from_slice(prefix));
         let _ = hex::encode_to_slice(n.to_be_bytes(), &mut text[16..]);
         HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
@@ -75,8 +80,9 @@ impl MakeRequestIds {
 
 /// Sets `id` as the `X-Request-Id` of `headers` unless they have one.
 pub fn set_if_absent(headers: &mut HeaderMap, id: &HeaderValue) {
-    if !headers.contains_key(&X_REQUEST_ID_NAME) {
-        headers.insert(X_REQUEST_ID_NAME, id.clone());
+    // One probe of the map, not a lookup and then an insert.
+    if let http::header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID_NAME) {
+        slot.insert(id.clone());
     }
 }
 
@@ -117,6 +123,16 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn threads_have_prefixes_of_their_own() {
+        let here = MakeRequestIds::new().next();
+        let there = std::thread::spawn(|| MakeRequestIds::new().next())
+            .join()
+            .unwrap();
+        assert_ne!(here.as_bytes()[..16], there.as_bytes()[..16]);
+        assert_ne!(here, there);
     }
 
     #[test]

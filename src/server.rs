@@ -84,6 +84,8 @@ pub async fn serve(
         std::thread::Builder::new()
             .name(format!("gateway-worker-{index}"))
             .spawn(move || {
+                // Its own stripe of every per-request counter.
+                crate::striped::set_thread_stripe(index);
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -2,7 +2,6 @@
 //! no external assets, no JavaScript.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::cache::CacheState;
@@ -38,7 +37,7 @@ impl StatusFigures {
         clients: impl IntoIterator<Item = ClientLabel>,
         upstream_paused: Option<Duration>,
     ) -> Self {
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let get = crate::cache::CacheMetrics::get;
         Self {
             uptime,
             hits: get(&cache.metrics.hits),

@@ -186,7 +186,7 @@ async fn status_page_shows_the_counters() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cache = &h.gateway.state.cache.metrics;
-    assert_eq!(cache.hits.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(cache.hits.sum(), 2);
     assert!(
         html.contains("<td>search-team</td><td>3</td><td>2</td><td>0</td>"),
         "{html}"

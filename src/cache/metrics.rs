@@ -1,6 +1,6 @@
 //! Counters of the cache and coalescing layer, read by the metrics endpoint.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::striped::StripedU64;
 
 /// The class of an upstream call, a bounded label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,25 +13,26 @@ pub enum RouteClass {
     Passthrough,
 }
 
-/// Monotonic counters; entries, bytes and evictions come from the store.
+/// Monotonic counters, striped per worker thread (a hit bumps one on every
+/// request); entries, bytes and evictions come from the store.
 #[derive(Debug, Default)]
 pub struct CacheMetrics {
     /// Served from cache (`X-Cache: HIT`).
-    pub hits: AtomicU64,
+    pub hits: StripedU64,
     /// Made the upstream call of a cacheable route (`MISS`).
-    pub misses: AtomicU64,
+    pub misses: StripedU64,
     /// Shared another request's upstream call (`COALESCED`).
-    pub coalesced: AtomicU64,
+    pub coalesced: StripedU64,
     /// Not cacheable (`BYPASS`).
-    pub bypassed: AtomicU64,
+    pub bypassed: StripedU64,
     /// Upstream calls of execution details.
-    pub upstream_detail: AtomicU64,
+    pub upstream_detail: StripedU64,
     /// Upstream calls of list queries.
-    pub upstream_list: AtomicU64,
+    pub upstream_list: StripedU64,
     /// Upstream calls of everything else.
-    pub upstream_passthrough: AtomicU64,
+    pub upstream_passthrough: StripedU64,
     /// Responses too large to share: streamed to one client, waiters retried.
-    pub unshareable: AtomicU64,
+    pub unshareable: StripedU64,
 }
 
 impl CacheMetrics {
@@ -46,12 +47,12 @@ impl CacheMetrics {
     }
 
     /// Reads a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    pub fn get(counter: &StripedU64) -> u64 {
+        counter.sum()
     }
 }
 
 /// Adds one.
-pub fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+pub fn bump(counter: &StripedU64) {
+    counter.add(1);
 }
