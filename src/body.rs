@@ -2,28 +2,43 @@
 //! constructors for it.
 //!
 //! Upstream bodies are streamed through untouched and the gateway's own
-//! answers are in-memory [`Bytes`]; both fit one boxed body so that every
-//! layer of the stack shares one response type.
+//! answers (cache hits among them) are in-memory [`Bytes`]; both fit one
+//! body type so that every layer of the stack shares one response type. An
+//! in-memory body is held as it is, not boxed: a cache hit is one of them,
+//! and boxing would cost an allocation and a virtual call per poll on every
+//! hit.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use http_body::{Frame, SizeHint};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
 
 /// The error type of the stack and of streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The response body of every service in the stack.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// The response body of every service in the stack: in memory, or any
+/// streamed body, boxed.
+#[derive(Debug)]
+pub struct Body(Kind);
+
+#[derive(Debug)]
+enum Kind {
+    /// The whole body, until it is sent (`None` once sent, or when empty).
+    Full(Option<Bytes>),
+    Streamed(UnsyncBoxBody<Bytes, BoxError>),
+}
 
 /// A body held in memory; `Bytes` is reference counted, so this never copies.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    let bytes = bytes.into();
+    Body(Kind::Full((!bytes.is_empty()).then_some(bytes)))
 }
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
+    Body(Kind::Full(None))
 }
 
 /// Boxes any body whose error converts into [`BoxError`].
@@ -32,5 +47,65 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed_unsync()
+    Body(Kind::Streamed(body.map_err(Into::into).boxed_unsync()))
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Kind::Streamed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Streamed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Streamed(body) => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    #[tokio::test]
+    async fn in_memory_bodies_are_one_frame_of_known_length() {
+        let body = full("hello");
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+        let body = full(Bytes::new());
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(empty().is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn streamed_bodies_keep_their_frames_and_errors() {
+        let frames = futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+            Err::<Frame<Bytes>, BoxError>("cut".into()),
+        ]);
+        let body = boxed(http_body_util::StreamBody::new(frames));
+        assert!(!body.is_end_stream());
+        let error = body.collect().await.unwrap_err();
+        assert_eq!(error.to_string(), "cut");
+    }
 }

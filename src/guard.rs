@@ -4,7 +4,12 @@
 //! a plain path.
 //!
 //! Used as a [`tower::filter::Filter`] predicate; a rejection is a
-//! [`GatewayError::BadRequest`].
+//! [`GatewayError::BadRequest`]. It also marks the client's `Authorization`
+//! sensitive (never printed by `Debug`, never HPACK-indexed), in the same
+//! look at the header that refuses two of them: tower-http's
+//! `SetSensitiveRequestHeaders` did it as a layer of its own, on every
+//! request. Only the observe layer, which prints no header, sees the
+//! request before this.
 
 use http::{header, Method, Request};
 use percent_encoding::percent_decode_str;
@@ -19,13 +24,13 @@ pub struct RequestGuard;
 impl<B> tower::filter::Predicate<Request<B>> for RequestGuard {
     type Request = Request<B>;
 
-    fn check(&mut self, request: Request<B>) -> Result<Request<B>, BoxError> {
-        check(&request)?;
+    fn check(&mut self, mut request: Request<B>) -> Result<Request<B>, BoxError> {
+        check(&mut request)?;
         Ok(request)
     }
 }
 
-fn check<B>(request: &Request<B>) -> Result<(), GatewayError> {
+fn check<B>(request: &mut Request<B>) -> Result<(), GatewayError> {
     if request.method() == Method::CONNECT {
         return Err(GatewayError::BadRequest("CONNECT is not supported".into()));
     }
@@ -40,16 +45,15 @@ fn check<B>(request: &Request<B>) -> Result<(), GatewayError> {
             "path must not contain '.' or '..' segments".into(),
         ));
     }
-    if request
-        .headers()
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .count()
-        > 1
+    if let header::Entry::Occupied(mut credentials) =
+        request.headers_mut().entry(header::AUTHORIZATION)
     {
-        return Err(GatewayError::BadRequest(
-            "more than one Authorization header".into(),
-        ));
+        if credentials.iter().nth(1).is_some() {
+            return Err(GatewayError::BadRequest(
+                "more than one Authorization header".into(),
+            ));
+        }
+        credentials.get_mut().set_sensitive(true);
     }
     Ok(())
 }
@@ -107,8 +111,25 @@ mod tests {
             .header("authorization", "Bearer b")
             .body(())
             .unwrap();
-        assert!(matches!(check(&request), Err(GatewayError::BadRequest(_))));
-        let request = Request::builder().uri("/v1/x").body(()).unwrap();
-        assert!(check(&request).is_ok());
+        assert!(matches!(
+            check(&mut request.clone()),
+            Err(GatewayError::BadRequest(_))
+        ));
+        let mut request = Request::builder().uri("/v1/x").body(()).unwrap();
+        assert!(check(&mut request).is_ok());
+    }
+
+    #[test]
+    fn the_clients_credentials_are_marked_sensitive() {
+        let mut request = Request::builder()
+            .uri("/v1/x")
+            .header("authorization", "Bearer secret-gateway-key")
+            .body(())
+            .unwrap();
+        assert!(!request.headers()[header::AUTHORIZATION].is_sensitive());
+        check(&mut request).unwrap();
+        let value = &request.headers()[header::AUTHORIZATION];
+        assert!(value.is_sensitive());
+        assert!(!format!("{:?}", request.headers()).contains("secret"));
     }
 }

@@ -57,7 +57,10 @@ impl MakeRequestIds {
         let mut text = [b'0'; 32];
         PREFIX.with(|prefix| text[..16].copy_from_slice(prefix));
         let _ = hex::encode_to_slice(n.to_be_bytes(), &mut text[16..]);
-        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        // Owned by the `Bytes` (one allocation) so the clones for the
+        // response, the log and the upstream request only count references.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 
     /// The request's id: the client's `X-Request-Id` when it is sane

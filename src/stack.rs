@@ -11,12 +11,11 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use bytes::Bytes;
-use http::{header, Request, Response};
+use http::{Request, Response};
 use tower::filter::FilterLayer;
 use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::ServiceBuilderExt;
 
 use crate::auth::{Authenticate, ClientRegistry};
 use crate::body::BoxError;
@@ -111,8 +110,6 @@ where
     B::Error: Into<BoxError>,
 {
     ServiceBuilder::new()
-        // Keys must not reach logs even if a layer below prints headers.
-        .sensitive_request_headers(Arc::new([header::AUTHORIZATION]))
         // One access-log line and the request metrics, when the body ends;
         // the X-Request-Id (the client's when sane) that correlates it with
         // the client and upstream.
@@ -124,7 +121,8 @@ where
         .layer(RequestBodyLimitLayer::new(
             state.config.server.max_body_bytes,
         ))
-        // Ambiguous credentials and dot-segment paths never go further.
+        // Ambiguous credentials and dot-segment paths never go further; the
+        // client's Authorization is marked sensitive (never printed).
         .layer(FilterLayer::new(RequestGuard))
         // /_gateway/ routes need no key and are never forwarded.
         .layer(GatewayEndpointsLayer::new(Endpoints {

@@ -169,6 +169,8 @@ pub struct StripedCells {
     width: usize,
     /// Cache lines per stripe.
     stride: usize,
+    /// Number of stripes (a power of two).
+    stripes: usize,
     lines: Box<[Padded<[AtomicU64; PER_LINE]>]>,
 }
 
@@ -179,6 +181,7 @@ impl StripedCells {
         Self {
             width,
             stride,
+            stripes: stripes(),
             lines: (0..stride * stripes())
                 .map(|_| Padded(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
@@ -188,7 +191,7 @@ impl StripedCells {
     /// Adds `n` to cell `index` (below the width) on the calling thread's stripe.
     pub fn add(&self, index: usize, n: u64) {
         debug_assert!(index < self.width);
-        let line = stripe(self.lines.len() / self.stride) * self.stride + index / PER_LINE;
+        let line = stripe(self.stripes) * self.stride + index / PER_LINE;
         self.lines[line].0[index % PER_LINE].fetch_add(n, Ordering::Relaxed);
     }
 
