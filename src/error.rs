@@ -17,7 +17,6 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::LengthLimitError;
 
 use crate::body::{self, Body, BoxError};
-use crate::cache_status::X_CACHE;
 
 /// A failure the gateway answers itself, without (or instead of) upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,32 +162,13 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> GatewayError {
     GatewayError::BadGateway(why.into())
 }
 
-/// The top of the stack: every error below becomes Mixpeek's error body, and
-/// tower-http's plain-text 413 (sent when `Content-Length` is over the limit)
-/// gets the same body as the rest. A 413 from upstream carries `X-Cache` and
-/// is passed through untouched. It never returns `Err`; the error type is
-/// kept only because tower's `MapResult` converts readiness errors with it.
-pub fn into_response<B>(result: Result<Response<B>, BoxError>) -> Result<Response<Body>, BoxError>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+/// The top of the stack: every error below becomes Mixpeek's error body
+/// (responses pass through as they are, not re-boxed). It never returns
+/// `Err`; the error type is kept only because tower's `MapResult` converts
+/// readiness errors with it.
+pub fn into_response(result: Result<Response<Body>, BoxError>) -> Result<Response<Body>, BoxError> {
     Ok(match result {
-        Ok(response)
-            if response.status() == StatusCode::PAYLOAD_TOO_LARGE
-                && !response.headers().contains_key(&X_CACHE) =>
-        {
-            // Keep what layers below added (rate-limit headers); only the
-            // body and its type are replaced.
-            let mut ours = GatewayError::PayloadTooLarge.into_response();
-            for (name, value) in response.headers() {
-                if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-                    ours.headers_mut().append(name, value.clone());
-                }
-            }
-            ours
-        }
-        Ok(response) => response.map(body::boxed),
+        Ok(response) => response,
         Err(error) => {
             let gateway = classify(error.as_ref());
             if gateway.status().is_server_error() {

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod body_limit;
 pub mod cache;
 pub mod cache_status;
 pub mod cli;

@@ -15,10 +15,10 @@ use http::{Request, Response};
 use tower::filter::FilterLayer;
 use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder};
-use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::{Authenticate, ClientRegistry};
 use crate::body::BoxError;
+use crate::body_limit::BodyLimitLayer;
 use crate::cache::{CacheLayer, CacheState};
 use crate::config::Config;
 use crate::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
@@ -118,9 +118,7 @@ where
         .map_result(error::into_response)
         // Bodies over server.max_body_bytes: 413 (by Content-Length at once,
         // or when a streamed body crosses the limit).
-        .layer(RequestBodyLimitLayer::new(
-            state.config.server.max_body_bytes,
-        ))
+        .layer(BodyLimitLayer::new(state.config.server.max_body_bytes))
         // Ambiguous credentials and dot-segment paths never go further; the
         // client's Authorization is marked sensitive (never printed).
         .layer(FilterLayer::new(RequestGuard))
