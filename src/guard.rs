@@ -8,8 +8,8 @@
 //! sensitive (never printed by `Debug`, never HPACK-indexed), in the same
 //! look at the header that refuses two of them: tower-http's
 //! `SetSensitiveRequestHeaders` did it as a layer of its own, on every
-//! request. Only the observe layer, which prints no header, sees the
-//! request before this.
+//! request. Only the observe, error-mapping and body-limit layers, none of
+//! which prints a header, see the request before this.
 
 use http::{header, Method, Request};
 use percent_encoding::percent_decode_str;

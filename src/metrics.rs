@@ -298,9 +298,10 @@ struct LimitLabels {
 
 /// One finished request, as the access log sees it.
 #[derive(Debug, Clone)]
-pub struct Finished {
-    /// The client, or anonymous.
-    pub client: ClientLabel,
+pub struct Finished<'a> {
+    /// The client, or anonymous (borrowed: a clone would write the label's
+    /// shared reference count on every request).
+    pub client: &'a ClientLabel,
     /// The route class.
     pub route: RouteClass,
     /// The status sent to the client.
@@ -553,13 +554,13 @@ impl Metrics {
     }
 
     /// A request finished (its body ended or the client went away).
-    pub fn finished(&self, done: &Finished) {
+    pub fn finished(&self, done: &Finished<'_>) {
         self.in_flight.dec();
         let client = done
             .client
             .0
             .hot
-            .get_or_init(|| self.client_counters(&done.client));
+            .get_or_init(|| self.client_counters(done.client));
         let route = done.route as usize;
         if done.status == 200 {
             client.ok[route].inc();
@@ -778,7 +779,7 @@ mod tests {
         let finish = |client: &ClientLabel, status, outcome| {
             metrics.started();
             metrics.finished(&Finished {
-                client: client.clone(),
+                client,
                 route: RouteClass::Detail,
                 status,
                 outcome,
@@ -825,5 +826,44 @@ mod tests {
         finish(metrics.anonymous(), 401, CacheOutcome::None);
         finish(&metrics.anonymous().clone(), 401, CacheOutcome::None);
         assert_eq!(metrics.client_figures(metrics.anonymous()), (2, 0, 0));
+    }
+
+    #[test]
+    fn in_flight_requests_count_across_threads_and_return_to_zero() {
+        let state = state();
+        let metrics = state.metrics.clone();
+        let in_flight = |metrics: &Metrics| {
+            line(&metrics.encode(), "mixpeek_gateway_in_flight_requests ").to_string()
+        };
+        crate::striped::set_thread_stripe(0);
+        metrics.started();
+        metrics.started();
+        assert_eq!(in_flight(&metrics), "mixpeek_gateway_in_flight_requests 2");
+        // One ends on another worker's stripe, one on this thread's.
+        let other = metrics.clone();
+        std::thread::spawn(move || {
+            crate::striped::set_thread_stripe(1);
+            let label = ClientLabel::new("team");
+            other.finished(&Finished {
+                client: &label,
+                route: RouteClass::Detail,
+                status: 200,
+                outcome: CacheOutcome::Hit,
+                upstream: None,
+                latency: Duration::from_millis(1),
+            });
+        })
+        .join()
+        .unwrap();
+        assert_eq!(in_flight(&metrics), "mixpeek_gateway_in_flight_requests 1");
+        metrics.finished(&Finished {
+            client: metrics.anonymous(),
+            route: RouteClass::Detail,
+            status: 200,
+            outcome: CacheOutcome::Miss,
+            upstream: None,
+            latency: Duration::from_millis(1),
+        });
+        assert_eq!(in_flight(&metrics), "mixpeek_gateway_in_flight_requests 0");
     }
 }

@@ -346,11 +346,7 @@ fn record(state: PendingState, status: u16, outcome: CacheOutcome, completed: bo
     } = state;
     {
         let finished = Finished {
-            client: context
-                .client
-                .get()
-                .unwrap_or_else(|| metrics.anonymous())
-                .clone(),
+            client: context.client.get().unwrap_or_else(|| metrics.anonymous()),
             route: context.route(),
             status,
             outcome,

@@ -238,6 +238,21 @@ async fn body_over_max_is_413_by_length_and_when_streamed() {
 }
 
 #[tokio::test]
+async fn a_declared_oversized_body_is_refused_before_the_client_sends_it() {
+    let h = Harness::with(SimConfig::new(REAL_KEY), "max_body_bytes = 1024", "").await;
+    // The client waits for 100 Continue; the gateway answers 413 instead,
+    // without asking for the body, and nothing goes upstream.
+    let request = format!(
+        "POST /v1/collections HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {SEARCH_KEY}\r\ncontent-length: 2048\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n"
+    );
+    let answer = raw_exchange(h.gateway.addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert_eq!(h.sim.total(), 0);
+}
+
+#[tokio::test]
 async fn upstream_unreachable_is_502() {
     let closed = closed_port().await;
     let config = config(&config_toml(&format!("http://{closed}"), "", ""));
