@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::CacheState;
 use crate::limits::{LimitMetrics, Limits};
-use crate::striped::{StripedCells, StripedI64, StripedU64};
+use crate::striped::{StripedCells, StripedU64};
 
 /// A counter bumped on every request: striped per worker thread, so two
 /// cores never write the same cache line for it (see [`crate::striped`]).
@@ -329,7 +329,7 @@ pub struct Metrics {
     client_requests: Family<ClientLabels, HotCounter>,
     client_hits: Family<ClientLabels, HotCounter>,
     client_limited: Family<ClientLabels, Counter>,
-    in_flight: Gauge<i64, StripedI64>,
+    in_flight: Gauge<i64, StripedU64>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
     cache_evictions: Counter,
@@ -419,7 +419,7 @@ impl Metrics {
             "Requests answered 429, by client",
             client_limited.clone(),
         );
-        let in_flight = Gauge::<i64, StripedI64>::default();
+        let in_flight = Gauge::<i64, StripedU64>::default();
         registry.register(
             "in_flight_requests",
             "Requests being served",

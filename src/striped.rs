@@ -14,7 +14,7 @@
 //! stripe is only slower, never wrong: every stripe is an atomic.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// One counter cell on a cache line of its own (128 bytes: x86's adjacent
@@ -101,42 +101,18 @@ impl prometheus_client::metrics::counter::Atomic<u64> for StripedU64 {
     }
 }
 
-/// A striped `i64` that goes up and down (a gauge such as requests in
-/// flight: a request may end on another thread than it started on).
-#[derive(Debug)]
-pub struct StripedI64(Box<[Padded<AtomicI64>]>);
-
-impl Default for StripedI64 {
-    fn default() -> Self {
-        Self((0..stripes()).map(|_| Padded::default()).collect())
-    }
-}
-
-impl StripedI64 {
-    /// Adds `n` (negative to subtract) on the calling thread's stripe.
-    pub fn add(&self, n: i64) {
-        self.0[stripe(self.0.len())]
-            .0
-            .fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The sum of every stripe.
-    pub fn sum(&self) -> i64 {
-        self.0.iter().fold(0, |sum, cell| {
-            sum.wrapping_add(cell.0.load(Ordering::Relaxed))
-        })
-    }
-}
-
-/// The gauge operations return 0 rather than the previous value (which
-/// would read every stripe); `set` is for gauges nothing adds to meanwhile.
-impl prometheus_client::metrics::gauge::Atomic<i64> for StripedI64 {
+/// The same stripes as a signed gauge (requests in flight: a request may
+/// end on another thread than it started on). The adds wrap, so two's
+/// complement makes the sum of `u64` stripes the right `i64`. The gauge
+/// operations return 0 rather than the previous value (which would read
+/// every stripe); `set` is for gauges nothing adds to meanwhile.
+impl prometheus_client::metrics::gauge::Atomic<i64> for StripedU64 {
     fn inc(&self) -> i64 {
         self.inc_by(1)
     }
 
     fn inc_by(&self, v: i64) -> i64 {
-        self.add(v);
+        self.add(v as u64);
         0
     }
 
@@ -145,19 +121,20 @@ impl prometheus_client::metrics::gauge::Atomic<i64> for StripedI64 {
     }
 
     fn dec_by(&self, v: i64) -> i64 {
-        self.add(v.wrapping_neg());
+        self.add(v.wrapping_neg() as u64);
         0
     }
 
     fn set(&self, v: i64) -> i64 {
         for (i, cell) in self.0.iter().enumerate() {
-            cell.0.store(if i == 0 { v } else { 0 }, Ordering::Relaxed);
+            cell.0
+                .store(if i == 0 { v as u64 } else { 0 }, Ordering::Relaxed);
         }
         0
     }
 
     fn get(&self) -> i64 {
-        self.sum()
+        self.sum() as i64
     }
 }
 
@@ -212,12 +189,13 @@ impl StripedCells {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::metrics::gauge::Atomic as Gauge;
     use std::sync::Arc;
 
     #[test]
     fn sums_see_every_threads_adds() {
         let counter = Arc::new(StripedU64::default());
-        let gauge = Arc::new(StripedI64::default());
+        let gauge = Arc::new(StripedU64::default());
         let cells = Arc::new(StripedCells::new(21));
         let threads: Vec<_> = (0..8)
             .map(|t| {
@@ -226,11 +204,11 @@ mod tests {
                     set_thread_stripe(t);
                     for i in 0..1000 {
                         counter.add(1);
-                        gauge.add(1);
+                        Gauge::<i64>::inc(&*gauge);
                         cells.add(i % 21, 1);
                     }
                     for _ in 0..400 {
-                        gauge.add(-1);
+                        Gauge::<i64>::dec(&*gauge);
                     }
                 })
             })
@@ -239,7 +217,7 @@ mod tests {
             thread.join().unwrap();
         }
         assert_eq!(counter.sum(), 8000);
-        assert_eq!(gauge.sum(), 8 * 600);
+        assert_eq!(Gauge::<i64>::get(&*gauge), 8 * 600);
         let total: u64 = (0..21).map(|i| cells.sum(i)).sum();
         assert_eq!(total, 8000);
         // 1000 adds over 21 cells: cells 0..=12 get 48, the rest 47, per thread.
@@ -249,17 +227,17 @@ mod tests {
 
     #[test]
     fn a_gauge_may_end_on_another_thread_than_it_started() {
-        let gauge = Arc::new(StripedI64::default());
+        let gauge = Arc::new(StripedU64::default());
         set_thread_stripe(0);
-        gauge.add(1);
+        Gauge::<i64>::inc(&*gauge);
         let other = gauge.clone();
         std::thread::spawn(move || {
             set_thread_stripe(1);
-            other.add(-1);
+            Gauge::<i64>::dec(&*other);
         })
         .join()
         .unwrap();
-        assert_eq!(gauge.sum(), 0);
+        assert_eq!(Gauge::<i64>::get(&*gauge), 0);
     }
 
     #[test]
