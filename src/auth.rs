@@ -24,7 +24,7 @@ use http::{header, Request};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::body::BoxError;
+use crate::check::Check;
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
 use crate::metrics::ClientLabel;
@@ -149,7 +149,7 @@ pub fn bearer_token(value: &http::HeaderValue) -> Option<&[u8]> {
     (!token.is_empty() && !token.contains(&b' ')).then_some(token)
 }
 
-/// The authentication predicate, used as a [`tower::filter::Filter`].
+/// The authentication [`Check`].
 #[derive(Clone, Debug)]
 pub struct Authenticate {
     clients: Clients,
@@ -162,10 +162,8 @@ impl Authenticate {
     }
 }
 
-impl<B> tower::filter::Predicate<Request<B>> for Authenticate {
-    type Request = Request<B>;
-
-    fn check(&mut self, mut request: Request<B>) -> Result<Request<B>, BoxError> {
+impl Check for Authenticate {
+    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         // The request guard has already refused more than one header.
         let value = request
             .headers_mut()
@@ -178,17 +176,16 @@ impl<B> tower::filter::Predicate<Request<B>> for Authenticate {
         let (client, label) = registry
             .lookup_labelled(token)
             .ok_or(GatewayError::Unauthorized("invalid gateway key"))?;
-        let context = RequestContext::attach(&mut request);
+        let context = RequestContext::attach(request);
         context.observed().set_client(label);
         context.set_caller(AuthenticatedClient(client.clone()));
-        Ok(request)
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::filter::Predicate;
 
     fn registry() -> Clients {
         let client = |name: &str, key: &str| ClientConfig {
@@ -213,9 +210,9 @@ mod tests {
     }
 
     fn check(auth: Option<&str>) -> Result<Request<()>, GatewayError> {
-        Authenticate::new(registry())
-            .check(request(auth))
-            .map_err(|e| e.downcast_ref::<GatewayError>().unwrap().clone())
+        let mut request = request(auth);
+        Authenticate::new(registry()).check(&mut request)?;
+        Ok(request)
     }
 
     #[test]

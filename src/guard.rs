@@ -3,7 +3,7 @@
 //! they name once upstream normalises them, and request targets that are not
 //! a plain path.
 //!
-//! Used as a [`tower::filter::Filter`] predicate; a rejection is a
+//! Used as a [`Check`](crate::check::Check); a rejection is a
 //! [`GatewayError::BadRequest`]. It also marks the client's `Authorization`
 //! sensitive (never printed by `Debug`, never HPACK-indexed), in the same
 //! look at the header that refuses two of them: tower-http's
@@ -14,19 +14,16 @@
 use http::{header, Method, Request};
 use percent_encoding::percent_decode_str;
 
-use crate::body::BoxError;
+use crate::check::Check;
 use crate::error::GatewayError;
 
-/// The request guard predicate.
+/// The request guard.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestGuard;
 
-impl<B> tower::filter::Predicate<Request<B>> for RequestGuard {
-    type Request = Request<B>;
-
-    fn check(&mut self, mut request: Request<B>) -> Result<Request<B>, BoxError> {
-        check(&mut request)?;
-        Ok(request)
+impl Check for RequestGuard {
+    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+        check(request)
     }
 }
 

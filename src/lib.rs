@@ -15,6 +15,7 @@ pub mod body;
 pub mod body_limit;
 pub mod cache;
 pub mod cache_status;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

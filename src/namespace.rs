@@ -15,7 +15,7 @@ use http::header::HeaderName;
 use http::Request;
 
 use crate::auth::AuthenticatedClient;
-use crate::body::BoxError;
+use crate::check::Check;
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
 use crate::observe::RequestContext;
@@ -50,18 +50,15 @@ impl EffectiveNamespace {
     }
 }
 
-/// The namespace predicate, used as a [`tower::filter::Filter`] below
-/// authentication.
+/// The namespace [`Check`], below authentication.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ResolveNamespace;
 
-impl<B> tower::filter::Predicate<Request<B>> for ResolveNamespace {
-    type Request = Request<B>;
-
-    fn check(&mut self, mut request: Request<B>) -> Result<Request<B>, BoxError> {
-        let namespace = resolve(&request)?;
-        RequestContext::attach(&mut request).set_namespace(namespace);
-        Ok(request)
+impl Check for ResolveNamespace {
+    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+        let namespace = resolve(request)?;
+        RequestContext::attach(request).set_namespace(namespace);
+        Ok(())
     }
 }
 

@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use tower::filter::FilterLayer;
 use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder};
 
@@ -20,6 +19,7 @@ use crate::auth::{Authenticate, ClientRegistry};
 use crate::body::BoxError;
 use crate::body_limit::BodyLimitLayer;
 use crate::cache::{CacheLayer, CacheState};
+use crate::check::CheckLayer;
 use crate::config::Config;
 use crate::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
 use crate::error;
@@ -121,7 +121,7 @@ where
         .layer(BodyLimitLayer::new(state.config.server.max_body_bytes))
         // Ambiguous credentials and dot-segment paths never go further; the
         // client's Authorization is marked sensitive (never printed).
-        .layer(FilterLayer::new(RequestGuard))
+        .layer(CheckLayer::new(RequestGuard))
         // /_gateway/ routes need no key and are never forwarded.
         .layer(GatewayEndpointsLayer::new(Endpoints {
             readiness: state.readiness.clone(),
@@ -137,7 +137,7 @@ where
             state.limits.auth_failures.clone(),
         ))
         // Who is calling; strips the client's own Authorization.
-        .layer(FilterLayer::new(Authenticate::new(state.clients.clone())))
+        .layer(CheckLayer::new(Authenticate::new(state.clients.clone())))
         // The client's rate_limit on every authenticated request (cache hits too).
         .layer(
             ClientLimitLayer::new(state.limits.clients.clone()).shared(
@@ -151,7 +151,7 @@ where
             ),
         )
         // Which namespace the request acts in (403 outside the allowed set).
-        .layer(FilterLayer::new(ResolveNamespace))
+        .layer(CheckLayer::new(ResolveNamespace))
         // Terminal execution details from memory; identical calls coalesced.
         .layer(CacheLayer::new(state.cache.clone()))
         // Only calls that really go upstream spend the organisation's quota.

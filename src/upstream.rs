@@ -396,8 +396,11 @@ mod tests {
             .body(body::empty())
             .unwrap();
         AuthenticatedClient(client).attach_to(&mut request);
-        use tower::filter::Predicate;
-        crate::namespace::ResolveNamespace.check(request).unwrap()
+        use crate::check::Check;
+        crate::namespace::ResolveNamespace
+            .check(&mut request)
+            .unwrap();
+        request
     }
 
     #[tokio::test]
