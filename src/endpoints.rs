@@ -116,7 +116,14 @@ pub struct GatewayEndpoints<S> {
 /// would decode `%5F` and may collapse `//`, so neither may smuggle a
 /// reserved path past this layer.
 pub fn is_reserved(raw_path: &str) -> bool {
-    if !raw_path.contains("_gateway") && !raw_path.contains('%') {
+    // Every request asks this, so first the cheap answer: after the
+    // leading slashes, a path whose next byte is neither `_` nor `%` (which
+    // might decode to `_` or `/`) decodes to a first segment that cannot
+    // be `_gateway`. No substring search of the whole path.
+    if !matches!(
+        raw_path.trim_start_matches('/').as_bytes().first(),
+        Some(b'_' | b'%')
+    ) {
         return false;
     }
     let decoded = percent_decode_str(raw_path).decode_utf8_lossy();
@@ -347,10 +354,21 @@ mod tests {
             "/%5Fgateway/health",
             "/%5fgateway",
             "///_gateway/",
+            "/%2F_gateway/health",
+            "/%2f%2F%5Fgateway",
         ] {
             assert!(is_reserved(path), "{path}");
         }
-        for path in ["/v1/_gateway", "/_gatewayx", "/v1/x%20y", "/"] {
+        for path in [
+            "/v1/_gateway",
+            "/_gatewayx",
+            "/v1/x%20y",
+            "/",
+            "",
+            "/v1/%5Fgateway",
+            "/_x/_gateway",
+            "/%5Fx",
+        ] {
             assert!(!is_reserved(path), "{path}");
         }
     }
