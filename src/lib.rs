@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod balance;
 pub mod body;
 pub mod body_limit;
 pub mod cache;

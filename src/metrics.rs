@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
+use crate::balance::WorkerLoads;
 use crate::cache::CacheState;
 use crate::limits::{LimitMetrics, Limits};
 use crate::striped::{StripedCells, StripedU64};
@@ -281,6 +282,11 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: RouteClass,
 }
@@ -345,6 +351,9 @@ pub struct Metrics {
     redis_errors: Counter,
     redis_fallbacks: Counter,
     redis_remote_flights: Counter,
+    worker_connections: Family<WorkerLabels, Gauge>,
+    /// The server's connections per worker, once it serves.
+    workers: OnceLock<Arc<WorkerLoads>>,
     /// Last values read from the limit counters, to add only the growth.
     limits_seen: Mutex<HashMap<(Option<String>, &'static str), u64>>,
     /// The label of unauthenticated requests, one for the process, so its
@@ -509,6 +518,12 @@ impl Metrics {
             "Flights answered by another replica's upstream call",
             redis_remote_flights.clone(),
         );
+        let worker_connections = Family::default();
+        registry.register(
+            "worker_connections",
+            "Client connections each worker thread is serving (spread evenly at accept)",
+            worker_connections.clone(),
+        );
         let by_route = |family: &Family<RouteLabels, LatencyHistogram>| {
             ROUTES.map(|route| family.get_or_create(&RouteLabels { route }).clone())
         };
@@ -541,6 +556,8 @@ impl Metrics {
             redis_errors,
             redis_fallbacks,
             redis_remote_flights,
+            worker_connections,
+            workers: OnceLock::new(),
             limits_seen: Mutex::new(HashMap::new()),
             anonymous: ClientLabel::anonymous(),
             cache,
@@ -698,8 +715,23 @@ impl Metrics {
         self.limits.upstream.paused_for()
     }
 
+    /// Reports `loads` as `worker_connections` (the server calls this once
+    /// it starts its workers; later calls are ignored).
+    pub fn watch_workers(&self, loads: Arc<WorkerLoads>) {
+        let _ = self.workers.set(loads);
+    }
+
     /// The text exposition, with the cache figures read now.
     pub fn encode(&self) -> String {
+        if let Some(loads) = self.workers.get() {
+            for (worker, load) in loads.snapshot().into_iter().enumerate() {
+                self.worker_connections
+                    .get_or_create(&WorkerLabels {
+                        worker: worker as u64,
+                    })
+                    .set(i64::try_from(load).unwrap_or(i64::MAX));
+            }
+        }
         let store = &self.cache.store;
         self.cache_entries
             .set(i64::try_from(store.entry_count()).unwrap_or(i64::MAX));

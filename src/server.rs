@@ -13,11 +13,12 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::balance::{Handoff, Load, WorkerLoads};
 use crate::body::BoxError;
 use crate::config::Config;
 use crate::connections::{Connection, Connections};
@@ -59,7 +60,13 @@ pub async fn serve(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     let mut listening = Vec::new();
-    for index in 0..state.config.server.workers.get() {
+    let count = state.config.server.workers.get();
+    let loads = WorkerLoads::new(count);
+    state.metrics.watch_workers(loads.clone());
+    let (peers, mut handoffs): (Vec<_>, Vec<_>) =
+        (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+    let peers: Arc<[mpsc::UnboundedSender<Handoff>]> = peers.into();
+    for (index, handoffs) in handoffs.drain(..).enumerate() {
         // Each worker keeps its own pool of upstream connections, so a
         // forwarded call is written and read on the thread that serves its
         // client instead of waking another thread twice per call.
@@ -68,7 +75,11 @@ pub async fn serve(
             ..state.clone()
         };
         let worker = Worker {
-            listener: listener.try_clone()?,
+            index,
+            loads: loads.clone(),
+            peers: peers.clone(),
+            handoffs,
+            listener: Some(listener.try_clone()?),
             app: stack::app(&worker_state),
             tls: tls.clone(),
             connections: connections.clone(),
@@ -195,7 +206,16 @@ where
 
 /// One serving thread's share of the server.
 struct Worker<A> {
-    listener: std::net::TcpListener,
+    /// Its place in `loads` and `peers`.
+    index: usize,
+    /// Connections per worker, for spreading them evenly.
+    loads: Arc<WorkerLoads>,
+    /// Every worker's handoff channel, this one's included.
+    peers: Arc<[mpsc::UnboundedSender<Handoff>]>,
+    /// Connections other workers accepted for this one.
+    handoffs: mpsc::UnboundedReceiver<Handoff>,
+    /// Taken by `run`.
+    listener: Option<std::net::TcpListener>,
     app: A,
     tls: Option<TlsAcceptor>,
     connections: Arc<Connections>,
@@ -217,7 +237,10 @@ where
     /// Accepts until stopped, then waits for this thread's connections for
     /// at most the grace period.
     async fn run(mut self) {
-        let listener = match TcpListener::from_std(self.listener) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::error!(%error, "worker cannot use the listener");
@@ -227,39 +250,44 @@ where
         let builder = auto::Builder::new(TokioExecutor::new());
         let mut tasks = tokio::task::JoinSet::new();
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
+            let event = tokio::select! {
+                accepted = listener.accept() => Ok(accepted),
+                Some(handoff) = self.handoffs.recv() => Err(handoff),
+                _ = self.stopped.wait_for(|stopped| *stopped) => break,
+            };
+            let (stream, peer, load) = match event {
+                Ok(Ok((stream, peer))) => match self.assign(stream, peer) {
+                    Some((stream, load)) => (stream, peer, load),
+                    None => continue,
+                },
+                Ok(Err(error)) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(handoff) => match TcpStream::from_std(handoff.stream) {
+                    Ok(stream) => (stream, handoff.peer, handoff.load),
                     Err(error) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tracing::warn!(%error, "cannot take over a handed-off connection");
                         continue;
                     }
                 },
-                _ = self.stopped.wait_for(|stopped| *stopped) => break,
             };
             // Reap finished connection tasks so the set stays small.
             while tasks.try_join_next().is_some() {}
-            let _ = stream.set_nodelay(true);
-            let connection = self.connections.open();
-            let service = ConnectionService::new(connection.track(self.app.clone()), peer);
-            let builder = builder.clone();
-            let tls = self.tls.clone();
-            tasks.spawn(async move {
-                let Some(acceptor) = tls else {
-                    return serve_connection(&builder, stream, service, connection, peer).await;
-                };
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        serve_connection(&builder, stream, service, connection, peer).await;
-                    }
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
+            self.spawn_connection(&mut tasks, &builder, stream, peer, load);
         }
         drop(listener);
+        // Connections already handed to this worker are served (and told
+        // to close, the gateway draining); later handoffs fail and stay
+        // with the worker that accepted them.
+        self.handoffs.close();
+        while let Ok(handoff) = self.handoffs.try_recv() {
+            if let Ok(stream) = TcpStream::from_std(handoff.stream) {
+                self.spawn_connection(&mut tasks, &builder, stream, handoff.peer, handoff.load);
+            }
+        }
         let _ = self.stopped_listening.send(());
         let grace = tokio::time::sleep(self.grace);
         tokio::pin!(grace);
@@ -267,6 +295,69 @@ where
             tokio::select! {
                 joined = tasks.join_next() => if joined.is_none() { break },
                 () = &mut grace => break,
+            }
+        }
+    }
+
+    /// Serves a connection on this worker, counted by `load` until it ends.
+    fn spawn_connection(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        builder: &auto::Builder<TokioExecutor>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        load: Load,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let connection = self.connections.open();
+        let service = ConnectionService::new(connection.track(self.app.clone()), peer);
+        let builder = builder.clone();
+        let tls = self.tls.clone();
+        tasks.spawn(async move {
+            let _load = load;
+            let Some(acceptor) = tls else {
+                return serve_connection(&builder, stream, service, connection, peer).await;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    serve_connection(&builder, stream, service, connection, peer).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+impl<A> Worker<A> {
+    /// Where an accepted connection is served: here (its stream and its
+    /// count on this worker), or handed to the worker serving the fewest
+    /// connections (`None`). A handoff that fails (that worker stopping)
+    /// is served here.
+    fn assign(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, Load)> {
+        let target = self.loads.least_loaded(self.index);
+        if target == self.index {
+            return Some((stream, self.loads.enter(self.index)));
+        }
+        let std_stream = match stream.into_std() {
+            Ok(std_stream) => std_stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot hand off a connection");
+                return None;
+            }
+        };
+        let handoff = Handoff {
+            stream: std_stream,
+            peer,
+            load: self.loads.enter(target),
+        };
+        let returned = self.peers.get(target)?.send(handoff).err()?.0;
+        drop(returned.load);
+        match TcpStream::from_std(returned.stream) {
+            Ok(stream) => Some((stream, self.loads.enter(self.index))),
+            Err(error) => {
+                tracing::warn!(%error, "cannot take back a connection");
+                None
             }
         }
     }

@@ -115,3 +115,44 @@ async fn a_stream_longer_than_the_idle_timeout_is_not_cut() {
     }
     assert!(rest.contains("event: complete"), "{rest}");
 }
+
+/// Connections opened in a burst land on whichever worker wakes first; the
+/// accepting worker hands each to the worker serving the fewest, so two
+/// workers end up with an even share, and every handed-off connection is
+/// served.
+#[tokio::test]
+async fn a_burst_of_connections_is_spread_evenly_over_the_workers() {
+    let h = Harness::with(SimConfig::new(REAL_KEY), "workers = 2", "").await;
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        streams.push(TcpStream::connect(h.gateway.addr).await.unwrap());
+    }
+    for stream in &mut streams {
+        stream
+            .write_all(b"GET /_gateway/health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+    }
+    for stream in &mut streams {
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+            .await
+            .expect("every connection is answered")
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    // The 16 are still open; the scrape's own connection is counted too.
+    let reply = h.client.get("/_gateway/metrics", "").await;
+    let text = String::from_utf8_lossy(&reply.body);
+    let load = |worker: u32| -> i64 {
+        let name = format!("mixpeek_gateway_worker_connections{{worker=\"{worker}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let (a, b) = (load(0), load(1));
+    assert!(a + b >= 16, "{a} + {b}");
+    assert!((a - b).abs() <= 1, "uneven: {a} and {b}");
+    drop(streams);
+}
