@@ -16,6 +16,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// The top bit, set in a retired worker's load: far above any real count,
+/// so the comparisons in [`WorkerLoads::least_loaded`] pass it over, while
+/// the connections it still serves count down in the bits below.
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
 /// The number of connections each worker is serving.
 #[derive(Debug)]
 pub struct WorkerLoads {
@@ -30,9 +35,18 @@ impl WorkerLoads {
         })
     }
 
+    /// Takes `worker` out of the deal: it has stopped (draining, or its
+    /// runtime failed), so no connection is handed to it any more.
+    pub fn retire(&self, worker: usize) {
+        if let Some(load) = self.loads.get(worker) {
+            load.fetch_or(RETIRED, Ordering::Relaxed);
+        }
+    }
+
     /// The worker that should serve the next connection accepted by
     /// `accepting`: the one serving the fewest, `accepting` itself on a tie
-    /// (no handoff when it need not).
+    /// (no handoff when it need not). Retired workers are never chosen
+    /// unless every worker is.
     pub fn least_loaded(&self, accepting: usize) -> usize {
         let mut best = accepting.min(self.loads.len() - 1);
         let mut fewest = self.loads[best].load(Ordering::Relaxed);
@@ -48,6 +62,7 @@ impl WorkerLoads {
 
     /// Counts a connection on `worker` until the guard is dropped.
     pub fn enter(self: &Arc<Self>, worker: usize) -> Load {
+        debug_assert!(worker < self.loads.len(), "worker {worker} out of range");
         let worker = worker.min(self.loads.len() - 1);
         self.loads[worker].fetch_add(1, Ordering::Relaxed);
         Load {
@@ -60,7 +75,7 @@ impl WorkerLoads {
     pub fn snapshot(&self) -> Vec<usize> {
         self.loads
             .iter()
-            .map(|load| load.load(Ordering::Relaxed))
+            .map(|load| load.load(Ordering::Relaxed) & !RETIRED)
             .collect()
     }
 }
@@ -134,11 +149,29 @@ mod tests {
     }
 
     #[test]
-    fn out_of_range_workers_are_clamped() {
+    fn at_least_one_worker() {
         let loads = WorkerLoads::new(0);
         assert_eq!(loads.least_loaded(5), 0);
-        let load = loads.enter(9);
+        let load = loads.enter(0);
         assert_eq!(load.worker(), 0);
         assert_eq!(loads.snapshot(), vec![1]);
+    }
+
+    #[test]
+    fn retired_workers_are_passed_over_and_still_count_down() {
+        let loads = WorkerLoads::new(2);
+        let held = loads.enter(1);
+        loads.retire(0);
+        // Worker 0 serves nothing, yet gets nothing: it has stopped.
+        assert_eq!(loads.least_loaded(1), 1);
+        assert_eq!(loads.least_loaded(0), 1);
+        assert_eq!(loads.snapshot(), vec![0, 1]);
+        loads.retire(1);
+        loads.retire(1);
+        assert_eq!(loads.snapshot(), vec![0, 1]);
+        drop(held);
+        assert_eq!(loads.snapshot(), vec![0, 0]);
+        // Every worker retired: whoever accepts keeps it.
+        assert_eq!(loads.least_loaded(1), 1);
     }
 }

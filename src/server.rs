@@ -34,8 +34,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// Connections are served by `server.workers` threads, each running its own
 /// single-threaded runtime and accepting from the same listening socket —
-/// the nginx/Envoy worker model: a connection stays on the thread that
-/// accepted it, so its requests never hop between cores. Tasks a request
+/// the nginx/Envoy worker model: the accepting worker deals each connection
+/// to the worker serving the fewest ([`crate::balance`]), where it stays,
+/// so its requests never hop between cores. Tasks a request
 /// spawns (an upstream call shared by waiters) run on its thread too; the
 /// calling runtime keeps the signal handling and background work.
 pub async fn serve(
@@ -92,6 +93,7 @@ pub async fn serve(
             grace: state.config.server.shutdown_grace,
         };
         let (done, finished) = oneshot::channel::<()>();
+        let worker_loads = loads.clone();
         std::thread::Builder::new()
             .name(format!("gateway-worker-{index}"))
             .spawn(move || {
@@ -104,6 +106,8 @@ pub async fn serve(
                     Ok(runtime) => runtime.block_on(worker.run()),
                     Err(error) => tracing::error!(%error, "cannot start a worker runtime"),
                 }
+                // However it ended, no more connections are dealt to it.
+                worker_loads.retire(index);
                 let _ = done.send(());
             })?;
         workers.push(finished);
@@ -279,13 +283,19 @@ where
             self.spawn_connection(&mut tasks, &builder, stream, peer, load);
         }
         drop(listener);
-        // Connections already handed to this worker are served (and told
-        // to close, the gateway draining); later handoffs fail and stay
-        // with the worker that accepted them.
+        // No more connections are dealt to this worker; those already
+        // handed to it (a send may be under way as it closes: `recv` waits
+        // for it, `try_recv` would not) are served, and closed by the drain
+        // like every other. Later handoffs fail and stay with the worker
+        // that accepted them.
+        self.loads.retire(self.index);
         self.handoffs.close();
-        while let Ok(handoff) = self.handoffs.try_recv() {
-            if let Ok(stream) = TcpStream::from_std(handoff.stream) {
-                self.spawn_connection(&mut tasks, &builder, stream, handoff.peer, handoff.load);
+        while let Some(handoff) = self.handoffs.recv().await {
+            match TcpStream::from_std(handoff.stream) {
+                Ok(stream) => {
+                    self.spawn_connection(&mut tasks, &builder, stream, handoff.peer, handoff.load);
+                }
+                Err(error) => tracing::warn!(%error, "cannot take over a handed-off connection"),
             }
         }
         let _ = self.stopped_listening.send(());
@@ -333,12 +343,13 @@ impl<A> Worker<A> {
     /// Where an accepted connection is served: here (its stream and its
     /// count on this worker), or handed to the worker serving the fewest
     /// connections (`None`). A handoff that fails (that worker stopping)
-    /// is served here.
+    /// is served here. `None` also when the socket could not be moved
+    /// between runtimes (tokio closes it then; logged).
     fn assign(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, Load)> {
         let target = self.loads.least_loaded(self.index);
-        if target == self.index {
+        let Some(channel) = self.peers.get(target).filter(|_| target != self.index) else {
             return Some((stream, self.loads.enter(self.index)));
-        }
+        };
         let std_stream = match stream.into_std() {
             Ok(std_stream) => std_stream,
             Err(error) => {
@@ -351,7 +362,7 @@ impl<A> Worker<A> {
             peer,
             load: self.loads.enter(target),
         };
-        let returned = self.peers.get(target)?.send(handoff).err()?.0;
+        let returned = channel.send(handoff).err()?.0;
         drop(returned.load);
         match TcpStream::from_std(returned.stream) {
             Ok(stream) => Some((stream, self.loads.enter(self.index))),
