@@ -2,7 +2,8 @@
 //! teams put in front of the Mixpeek API.
 //!
 //! A request reads top to bottom through these modules:
-//! [`server`] accepts it, [`stack`] is the tower middleware chain,
+//! [`server`] accepts it (on the worker [`balance`] deals it to), [`stack`]
+//! is the tower middleware chain, whose checks ([`check`]) borrow it:
 //! [`guard`] rejects malformed requests, [`auth`] identifies the client,
 //! [`limits`] applies rate limits, [`namespace`] decides the effective
 //! namespace, and [`upstream`] forwards it. [`endpoints`] answers the reserved `/_gateway/` routes and [`error`]
