@@ -3,7 +3,7 @@
 //! they name once upstream normalises them, and request targets that are not
 //! a plain path.
 //!
-//! Used as a [`Check`](crate::check::Check); a rejection is a
+//! Used as a [`Check`]; a rejection is a
 //! [`GatewayError::BadRequest`]. It also marks the client's `Authorization`
 //! sensitive (never printed by `Debug`, never HPACK-indexed), in the same
 //! look at the header that refuses two of them: tower-http's

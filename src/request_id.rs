@@ -64,7 +64,7 @@ impl MakeRequestIds {
     }
 
     /// The request's id: the client's `X-Request-Id` when it is sane
-    /// ([`is_sane`]) and stays on the request; otherwise a fresh one, and
+    /// (`is_sane`) and stays on the request; otherwise a fresh one, and
     /// any insane header is removed. A fresh id is not written into the
     /// request here: only a request that goes upstream needs it there
     /// ([`set_if_absent`]), a cache hit does not.
