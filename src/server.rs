@@ -80,7 +80,6 @@ pub async fn serve(
             loads: loads.clone(),
             peers: peers.clone(),
             handoffs,
-            listener: Some(listener.try_clone()?),
             app: stack::app(&worker_state),
             tls: tls.clone(),
             connections: connections.clone(),
@@ -94,6 +93,7 @@ pub async fn serve(
         };
         let (done, finished) = oneshot::channel::<()>();
         let worker_loads = loads.clone();
+        let worker_listener = listener.try_clone()?;
         std::thread::Builder::new()
             .name(format!("gateway-worker-{index}"))
             .spawn(move || {
@@ -103,7 +103,7 @@ pub async fn serve(
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(worker.run()),
+                    Ok(runtime) => runtime.block_on(worker.run(worker_listener)),
                     Err(error) => tracing::error!(%error, "cannot start a worker runtime"),
                 }
                 // However it ended, no more connections are dealt to it.
@@ -218,8 +218,6 @@ struct Worker<A> {
     peers: Arc<[mpsc::UnboundedSender<Handoff>]>,
     /// Connections other workers accepted for this one.
     handoffs: mpsc::UnboundedReceiver<Handoff>,
-    /// Taken by `run`.
-    listener: Option<std::net::TcpListener>,
     app: A,
     tls: Option<TlsAcceptor>,
     connections: Arc<Connections>,
@@ -240,10 +238,7 @@ where
 {
     /// Accepts until stopped, then waits for this thread's connections for
     /// at most the grace period.
-    async fn run(mut self) {
-        let Some(listener) = self.listener.take() else {
-            return;
-        };
+    async fn run(mut self, listener: std::net::TcpListener) {
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(error) => {
@@ -254,29 +249,25 @@ where
         let builder = auto::Builder::new(TokioExecutor::new());
         let mut tasks = tokio::task::JoinSet::new();
         loop {
-            let event = tokio::select! {
-                accepted = listener.accept() => Ok(accepted),
-                Some(handoff) = self.handoffs.recv() => Err(handoff),
+            // The branches only say what happened: `self` is still borrowed
+            // by the select's futures until it returns.
+            let arrival = tokio::select! {
+                accepted = listener.accept() => Arrival::Accepted(accepted),
+                Some(handoff) = self.handoffs.recv() => Arrival::HandedOff(handoff),
                 _ = self.stopped.wait_for(|stopped| *stopped) => break,
             };
-            let (stream, peer, load) = match event {
-                Ok(Ok((stream, peer))) => match self.assign(stream, peer) {
-                    Some((stream, load)) => (stream, peer, load),
-                    None => continue,
-                },
-                Ok(Err(error)) => {
+            let assigned = match arrival {
+                Arrival::HandedOff(handoff) => take_over(handoff),
+                Arrival::Accepted(Ok((stream, peer))) => self.assign(stream, peer),
+                Arrival::Accepted(Err(error)) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                Err(handoff) => match TcpStream::from_std(handoff.stream) {
-                    Ok(stream) => (stream, handoff.peer, handoff.load),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot take over a handed-off connection");
-                        continue;
-                    }
-                },
+            };
+            let Some((stream, peer, load)) = assigned else {
+                continue;
             };
             // Reap finished connection tasks so the set stays small.
             while tasks.try_join_next().is_some() {}
@@ -291,11 +282,8 @@ where
         self.loads.retire(self.index);
         self.handoffs.close();
         while let Some(handoff) = self.handoffs.recv().await {
-            match TcpStream::from_std(handoff.stream) {
-                Ok(stream) => {
-                    self.spawn_connection(&mut tasks, &builder, stream, handoff.peer, handoff.load);
-                }
-                Err(error) => tracing::warn!(%error, "cannot take over a handed-off connection"),
+            if let Some((stream, peer, load)) = take_over(handoff) {
+                self.spawn_connection(&mut tasks, &builder, stream, peer, load);
             }
         }
         let _ = self.stopped_listening.send(());
@@ -340,15 +328,15 @@ where
 }
 
 impl<A> Worker<A> {
-    /// Where an accepted connection is served: here (its stream and its
+    /// Where an accepted connection is served: here (its stream, peer and
     /// count on this worker), or handed to the worker serving the fewest
     /// connections (`None`). A handoff that fails (that worker stopping)
     /// is served here. `None` also when the socket could not be moved
     /// between runtimes (tokio closes it then; logged).
-    fn assign(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, Load)> {
+    fn assign(&self, stream: TcpStream, peer: SocketAddr) -> Option<Assigned> {
         let target = self.loads.least_loaded(self.index);
         let Some(channel) = self.peers.get(target).filter(|_| target != self.index) else {
-            return Some((stream, self.loads.enter(self.index)));
+            return Some((stream, peer, self.loads.enter(self.index)));
         };
         let std_stream = match stream.into_std() {
             Ok(std_stream) => std_stream,
@@ -363,13 +351,32 @@ impl<A> Worker<A> {
             load: self.loads.enter(target),
         };
         let returned = channel.send(handoff).err()?.0;
-        drop(returned.load);
-        match TcpStream::from_std(returned.stream) {
-            Ok(stream) => Some((stream, self.loads.enter(self.index))),
-            Err(error) => {
-                tracing::warn!(%error, "cannot take back a connection");
-                None
-            }
+        take_over(Handoff {
+            load: self.loads.enter(self.index),
+            ..returned
+        })
+    }
+}
+
+/// What woke a worker's accept loop.
+enum Arrival {
+    /// Its own `accept` on the shared listening socket.
+    Accepted(std::io::Result<(TcpStream, SocketAddr)>),
+    /// A connection another worker accepted for it.
+    HandedOff(Handoff),
+}
+
+/// A connection to serve on this worker: its stream, peer and count.
+type Assigned = (TcpStream, SocketAddr, Load);
+
+/// Registers a socket accepted on another worker (or taken back from one)
+/// with this worker's runtime; `None`, logged, if that fails.
+fn take_over(handoff: Handoff) -> Option<Assigned> {
+    match TcpStream::from_std(handoff.stream) {
+        Ok(stream) => Some((stream, handoff.peer, handoff.load)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot take over a handed-off connection");
+            None
         }
     }
 }
