@@ -5,6 +5,7 @@
 //! be served another's data (BerriAI/litellm #29955). Keys do not carry the
 //! client: two teams on one namespace share entries (Kong/kong #5887).
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -16,7 +17,7 @@ use sha2::{Digest, Sha256};
 /// Kept small: every cached entry holds one (40 bytes; the list-only parts
 /// sit behind a box that execution details, nearly all entries, leave
 /// empty).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
     /// The effective namespace (shared with the client's config).
     pub namespace: Arc<str>,
@@ -45,6 +46,50 @@ pub enum BodyKey {
     Absent,
     /// SHA-256 of the media type and the canonical JSON body.
     Json([u8; 32]),
+}
+
+/// Hashed field by field the way [`DetailKey`] hashes, so a detail is found
+/// by its borrowed parts.
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_parts(&self.namespace, &self.path, state);
+        match &self.list {
+            None => state.write_u8(0),
+            Some(list) => {
+                state.write_u8(1);
+                list.hash(state);
+            }
+        }
+    }
+}
+
+fn hash_parts<H: Hasher>(namespace: &str, path: &str, state: &mut H) {
+    namespace.hash(state);
+    path.hash(state);
+}
+
+/// An execution detail's key borrowed from the request: a cache hit is
+/// looked up without copying the path or touching the namespace's shared
+/// reference count.
+#[derive(Debug, Clone, Copy)]
+pub struct DetailKey<'a> {
+    /// The effective namespace.
+    pub namespace: &'a str,
+    /// The canonical path.
+    pub path: &'a str,
+}
+
+impl Hash for DetailKey<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_parts(self.namespace, self.path, state);
+        state.write_u8(0);
+    }
+}
+
+impl moka::Equivalent<CacheKey> for DetailKey<'_> {
+    fn equivalent(&self, key: &CacheKey) -> bool {
+        key.list.is_none() && *key.namespace == *self.namespace && *key.path == *self.path
+    }
 }
 
 impl CacheKey {
@@ -215,6 +260,32 @@ mod tests {
         assert_eq!(list.body(), BodyKey::Absent);
         assert_ne!(detail, list);
         assert_eq!(key("{}", Some("b=1&a=2")).unwrap().query(), "a=2&b=1");
+    }
+
+    #[test]
+    fn a_borrowed_detail_key_hashes_and_compares_as_the_owned_one() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let owned = CacheKey::detail("ns", "/v1/retrievers/executions/exec_1".into());
+        let borrowed = DetailKey {
+            namespace: "ns",
+            path: "/v1/retrievers/executions/exec_1",
+        };
+        assert_eq!(hasher.hash_one(&owned), hasher.hash_one(borrowed));
+        assert!(moka::Equivalent::equivalent(&borrowed, &owned));
+        // The boundary between namespace and path is part of the hash.
+        let shifted = DetailKey {
+            namespace: "ns/v1",
+            path: "/retrievers/executions/exec_1",
+        };
+        assert!(!moka::Equivalent::equivalent(&shifted, &owned));
+        assert_ne!(hasher.hash_one(&owned), hasher.hash_one(shifted));
+        let list = key("", None).unwrap();
+        let same_path = DetailKey {
+            namespace: &list.namespace,
+            path: &list.path,
+        };
+        assert!(!moka::Equivalent::equivalent(&same_path, &list));
     }
 
     #[test]

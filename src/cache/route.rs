@@ -17,23 +17,24 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// What the cache does with a request.
+/// What the cache does with a request. A path already in canonical form is
+/// borrowed from the request, so a cache hit copies nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum Route<'a> {
     /// `GET` of an execution detail: served from cache once terminal.
     Detail {
         /// Canonical path.
-        path: String,
+        path: Cow<'a, str>,
     },
     /// `POST` of an execution list query: coalesced.
     List {
         /// Canonical path.
-        path: String,
+        path: Cow<'a, str>,
     },
     /// A mutation that may change what is cached at and below `path`.
     Invalidate {
         /// Canonical path; entries at it or below it are dropped.
-        path: String,
+        path: Cow<'a, str>,
         /// The path is exactly one execution detail (no prefix scan needed).
         exact_detail: bool,
     },
@@ -42,7 +43,7 @@ pub enum Route {
 }
 
 /// Classifies a request by method and raw path.
-pub fn classify(method: &Method, raw_path: &str) -> Route {
+pub fn classify<'a>(method: &Method, raw_path: &'a str) -> Route<'a> {
     let is_mutation = matches!(
         *method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -51,7 +52,7 @@ pub fn classify(method: &Method, raw_path: &str) -> Route {
         return Route::PassThrough;
     }
     // Everything cached lives under /v1/retrievers/; cheap early exit.
-    if !raw_path.starts_with("/v1/retrievers/") {
+    if !raw_path.starts_with(PREFIX) {
         return Route::PassThrough;
     }
     // The common case: a path already in canonical form (nothing encoded,
@@ -69,13 +70,13 @@ pub fn classify(method: &Method, raw_path: &str) -> Route {
             };
             *segment = &bytes[slashes[i] + 1..end];
         }
-        let prefix = |depth: usize| -> String {
+        let prefix = |depth: usize| {
             let end = if depth < count {
                 slashes[depth]
             } else {
                 bytes.len()
             };
-            raw_path[..end].to_owned()
+            Cow::Borrowed(&raw_path[..end])
         };
         return route_for(method, is_mutation, shape_of(&segments[..count]), prefix);
     }
@@ -83,20 +84,24 @@ pub fn classify(method: &Method, raw_path: &str) -> Route {
 }
 
 /// The general way: decode every segment, match, re-encode.
-fn classify_decoded(method: &Method, is_mutation: bool, raw_path: &str) -> Route {
+fn classify_decoded(method: &Method, is_mutation: bool, raw_path: &str) -> Route<'static> {
     let segments = decode_segments(raw_path);
     let s: Vec<&[u8]> = segments.iter().map(|c| c.as_ref()).collect();
     route_for(method, is_mutation, shape_of(&s), |depth| {
-        canonical_path(&segments[..depth.min(segments.len())])
+        Cow::Owned(canonical_path(&segments[..depth.min(segments.len())]))
     })
 }
+
+/// The prefix every cached route shares: `/`, `v1`, `/`, `retrievers`, `/`.
+const PREFIX: &str = "/v1/retrievers/";
 
 /// More segments than any cached route has; longer paths take the slow way.
 const MAX_FAST_SEGMENTS: usize = 8;
 
-/// When `raw_path` is its own canonical form (it starts with `/` and holds
-/// only `/` and unreserved bytes) and has at most [`MAX_FAST_SEGMENTS`]
-/// segments: the offsets of its slashes and the number of segments.
+/// When `raw_path` is its own canonical form (it starts with [`PREFIX`] and
+/// holds only `/` and unreserved bytes) and has at most
+/// [`MAX_FAST_SEGMENTS`] segments: the offsets of its slashes and the
+/// number of segments.
 fn canonical_slashes(raw_path: &str) -> Option<([usize; MAX_FAST_SEGMENTS], usize)> {
     const fn table() -> [u8; 256] {
         // 1: unreserved, 2: slash, 0: anything else.
@@ -113,20 +118,20 @@ fn canonical_slashes(raw_path: &str) -> Option<([usize; MAX_FAST_SEGMENTS], usiz
         t
     }
     static CLASS: [u8; 256] = table();
-    let bytes = raw_path.as_bytes();
-    if bytes.first() != Some(&b'/') {
-        return None;
-    }
+    // The caller matched the prefix: its three slashes are known and its
+    // other bytes are unreserved.
+    let rest = raw_path.as_bytes().strip_prefix(PREFIX.as_bytes())?;
     let mut slashes = [0usize; MAX_FAST_SEGMENTS];
-    let mut count = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    slashes[..3].copy_from_slice(&[0, 3, PREFIX.len() - 1]);
+    let mut count = 3;
+    for (i, &b) in rest.iter().enumerate() {
         match CLASS[usize::from(b)] {
             1 => {}
             2 => {
                 if count == MAX_FAST_SEGMENTS {
                     return None;
                 }
-                slashes[count] = i;
+                slashes[count] = PREFIX.len() + i;
                 count += 1;
             }
             _ => return None,
@@ -137,12 +142,12 @@ fn canonical_slashes(raw_path: &str) -> Option<([usize; MAX_FAST_SEGMENTS], usiz
 
 /// What a request with this shape is; `path(depth)` is the canonical path
 /// of its first `depth` segments.
-fn route_for(
+fn route_for<'a>(
     method: &Method,
     is_mutation: bool,
     shape: Shape,
-    path: impl Fn(usize) -> String,
-) -> Route {
+    path: impl Fn(usize) -> Cow<'a, str>,
+) -> Route<'a> {
     match shape {
         Shape::Detail(depth) if *method == Method::GET => Route::Detail { path: path(depth) },
         Shape::List(depth) if *method == Method::POST => Route::List { path: path(depth) },
@@ -239,7 +244,7 @@ pub fn is_at_or_below(path: &str, prefix: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn detail(p: &str) -> Route {
+    fn detail(p: &str) -> Route<'_> {
         Route::Detail { path: p.into() }
     }
 
@@ -269,6 +274,25 @@ mod tests {
             let expected = if path.starts_with("/v1/retrievers/") { expected } else { Route::PassThrough };
             proptest::prop_assert_eq!(classify(&method, &path), expected);
         }
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed_and_encoded_ones_rebuilt() {
+        let path_of = |raw| match classify(&Method::GET, raw) {
+            Route::Detail { path } => path,
+            other => panic!("{raw}: {other:?}"),
+        };
+        assert!(matches!(
+            path_of("/v1/retrievers/executions/exec_1"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            path_of("/v1/retrievers/r/executions/e.1~"),
+            Cow::Borrowed(_)
+        ));
+        let rebuilt = path_of("/v1/retrievers/executions/exec%5F1");
+        assert!(matches!(rebuilt, Cow::Owned(_)));
+        assert_eq!(rebuilt, "/v1/retrievers/executions/exec_1");
     }
 
     #[test]

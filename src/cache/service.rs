@@ -39,7 +39,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use super::flight::{Flights, Joined};
-use super::key::CacheKey;
+use super::key::{CacheKey, DetailKey};
 use super::metrics::{bump, CacheMetrics, RouteClass};
 use super::policy;
 use super::route::{self, Route};
@@ -401,17 +401,22 @@ where
                 send((self.make_inner)(), request.map(body::boxed))
             }
             Route::Detail { path } => {
-                let key = match namespace_of(&request) {
-                    Ok(namespace) => CacheKey::detail(namespace, path),
-                    Err(error) => return Either::Left(std::future::ready(Err(error.into()))),
+                let Some(namespace) = EffectiveNamespace::of(request.extensions()) else {
+                    return Either::Left(std::future::ready(Err(NO_NAMESPACE.into())));
                 };
                 let lookup = !policy::request_skips_lookup(request.headers());
                 if lookup {
-                    if let Some(entry) = state.store.get(&key) {
+                    // Borrowed: a hit copies neither the path nor the namespace.
+                    let borrowed = DetailKey {
+                        namespace: namespace.as_str(),
+                        path: &path,
+                    };
+                    if let Some(entry) = state.store.get_detail(&borrowed) {
                         bump(&state.metrics.hits);
                         return Either::Left(std::future::ready(Ok(entry.to_response())));
                     }
                 }
+                let key = CacheKey::detail(namespace.shared(), path.into_owned());
                 Box::pin(detail_miss(
                     state.clone(),
                     self.make_inner.clone(),
@@ -421,15 +426,19 @@ where
                 ))
             }
             Route::List { path } => {
+                let path = path.into_owned();
                 Box::pin(list(state.clone(), self.make_inner.clone(), request, path))
             }
-            Route::Invalidate { path, exact_detail } => Box::pin(mutation(
-                state.clone(),
-                self.make_inner.clone(),
-                request,
-                path,
-                exact_detail,
-            )),
+            Route::Invalidate { path, exact_detail } => {
+                let path = path.into_owned();
+                Box::pin(mutation(
+                    state.clone(),
+                    self.make_inner.clone(),
+                    request,
+                    path,
+                    exact_detail,
+                ))
+            }
         })
     }
 }
@@ -437,8 +446,12 @@ where
 fn namespace_of<B>(request: &Request<B>) -> Result<Arc<str>, GatewayError> {
     EffectiveNamespace::of(request.extensions())
         .map(EffectiveNamespace::shared)
-        .ok_or(GatewayError::Internal("no namespace resolved"))
+        .ok_or(NO_NAMESPACE)
 }
+
+/// The namespace layer runs above this one; reaching here without a
+/// namespace is a wiring bug, answered as an internal error.
+const NO_NAMESPACE: GatewayError = GatewayError::Internal("no namespace resolved");
 
 /// An execution detail not in this replica's memory (or a refresh, when
 /// `lookup` is false): the shared tier, then one upstream call per key.

@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use moka::notification::RemovalCause;
 use moka::Expiry;
 
-use super::key::{BodyKey, CacheKey};
+use super::key::{BodyKey, CacheKey, DetailKey};
 use super::route::is_at_or_below;
 use crate::body::{self, Body};
 use crate::cache_status::{CacheStatus, X_CACHE};
@@ -214,6 +214,11 @@ impl Store {
         self.cache.get(key)
     }
 
+    /// The entry of an execution detail, looked up by borrowed parts.
+    pub fn get_detail(&self, key: &DetailKey<'_>) -> Option<Entry> {
+        self.cache.get(key)
+    }
+
     /// Stores (or refreshes) an entry. A list result is not stored when
     /// lists have no lifetime here (it would get the details' one).
     pub fn insert(&self, key: CacheKey, entry: Entry) {
@@ -244,8 +249,7 @@ impl Store {
 
     /// Drops the execution detail of `namespace` at `path`: one key, no scan.
     pub fn invalidate_exact(&self, namespace: &str, path: &str) {
-        self.cache
-            .invalidate(&CacheKey::detail(namespace, path.to_string()));
+        self.cache.invalidate(&DetailKey { namespace, path });
     }
 
     /// Drops everything.
@@ -295,6 +299,25 @@ mod tests {
             b"",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_detail_is_found_by_its_borrowed_parts_in_its_own_namespace_only() {
+        let store = Store::new(
+            1 << 20,
+            Duration::from_secs(60),
+            Some(Duration::from_secs(60)),
+        );
+        let path = "/v1/retrievers/executions/list";
+        store.insert(key("team-a", path), entry(10));
+        let borrowed = |namespace| DetailKey { namespace, path };
+        assert!(store.get_detail(&borrowed("team-a")).is_some());
+        assert!(store.get_detail(&borrowed("team-b")).is_none());
+        // A list query on the same path and namespace is another entry.
+        store.invalidate_exact("team-a", path);
+        store.insert(list_key("team-a"), entry(10));
+        assert!(store.get(&list_key("team-a")).is_some());
+        assert!(store.get_detail(&borrowed("team-a")).is_none());
     }
 
     // Expiry has no event to await: the test waits out short lifetimes.
