@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
 use crate::error;
 use crate::guard::RequestGuard;
-use crate::limits::{AuthFailureGuardLayer, ClientLimitLayer, Limits, UpstreamGuardLayer};
+use crate::limits::{AuthFailureGuard, ClientLimitLayer, Limits, UpstreamGuardLayer};
 use crate::metrics::Metrics;
 use crate::namespace::ResolveNamespace;
 use crate::observe::ObserveLayer;
@@ -132,12 +132,12 @@ where
             clients: state.clients.clone(),
             started: state.started,
         }))
-        // A peer IP with too many 401s gets 429 before its key is even looked at.
-        .layer(AuthFailureGuardLayer::new(
+        // Who is calling; strips the client's own Authorization. A peer IP
+        // with too many 401s gets 429 before its key is even looked at.
+        .layer(CheckLayer::new(AuthFailureGuard::new(
             state.limits.auth_failures.clone(),
-        ))
-        // Who is calling; strips the client's own Authorization.
-        .layer(CheckLayer::new(Authenticate::new(state.clients.clone())))
+            Authenticate::new(state.clients.clone()),
+        )))
         // The client's rate_limit on every authenticated request (cache hits too).
         .layer(
             ClientLimitLayer::new(state.limits.clients.clone()).shared(

@@ -21,7 +21,7 @@ pub mod metrics;
 pub mod state;
 pub mod upstream;
 
-pub use auth_failures::{AuthFailureGuardLayer, AuthFailures};
+pub use auth_failures::{AuthFailureGuard, AuthFailures};
 pub use client::{ClientLimitLayer, ClientLimits, SharedClientLimits};
 pub use metrics::{LimitMetrics, Reason};
 pub use state::Limits;
