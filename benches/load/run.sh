@@ -223,6 +223,15 @@ for conns in sorted({c for c, _ in rows}, reverse=True):
     if "gateway(miss)" in med and "sim-direct(miss)" in med:
         print(f"\npass-through added to the median at {conns} connections: "
               f"{med['gateway(miss)'][1] - med['sim-direct(miss)'][1]:.0f} µs")
+    # The same ratios round by round: targets of one round run seconds
+    # apart, so these show how much of the spread is the machine drifting.
+    gw = [x[0] for x in rows.get((conns, "gateway"), [])]
+    for ref in ("ceiling", "nginx-auto"):
+        base = [x[0] for x in rows.get((conns, ref), [])]
+        if gw and len(base) == len(gw):
+            ratios = [g / b for g, b in zip(gw, base)]
+            print(f"gateway / {ref} round by round at {conns} connections: "
+                  f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
 PY
 }
 
