@@ -411,7 +411,7 @@ where
                         namespace: namespace.as_str(),
                         path: &path,
                     };
-                    if let Some(entry) = state.store.get_detail(&borrowed) {
+                    if let Some(entry) = state.store.get(&borrowed) {
                         bump(&state.metrics.hits);
                         return Either::Left(std::future::ready(Ok(entry.to_response())));
                     }

@@ -209,13 +209,12 @@ impl Store {
         }
     }
 
-    /// The entry for `key`, if stored and not expired.
-    pub fn get(&self, key: &CacheKey) -> Option<Entry> {
-        self.cache.get(key)
-    }
-
-    /// The entry of an execution detail, looked up by borrowed parts.
-    pub fn get_detail(&self, key: &DetailKey<'_>) -> Option<Entry> {
+    /// The entry for `key` (a [`CacheKey`], or a detail's borrowed
+    /// [`DetailKey`]), if stored and not expired.
+    pub fn get<Q>(&self, key: &Q) -> Option<Entry>
+    where
+        Q: moka::Equivalent<CacheKey> + std::hash::Hash + ?Sized,
+    {
         self.cache.get(key)
     }
 
@@ -311,13 +310,13 @@ mod tests {
         let path = "/v1/retrievers/executions/list";
         store.insert(key("team-a", path), entry(10));
         let borrowed = |namespace| DetailKey { namespace, path };
-        assert!(store.get_detail(&borrowed("team-a")).is_some());
-        assert!(store.get_detail(&borrowed("team-b")).is_none());
+        assert!(store.get(&borrowed("team-a")).is_some());
+        assert!(store.get(&borrowed("team-b")).is_none());
         // A list query on the same path and namespace is another entry.
         store.invalidate_exact("team-a", path);
         store.insert(list_key("team-a"), entry(10));
         assert!(store.get(&list_key("team-a")).is_some());
-        assert!(store.get_detail(&borrowed("team-a")).is_none());
+        assert!(store.get(&borrowed("team-a")).is_none());
     }
 
     // Expiry has no event to await: the test waits out short lifetimes.
