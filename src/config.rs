@@ -151,8 +151,11 @@ pub struct ServerConfig {
     /// closed (idle keep-alive connections, and clients that never finish
     /// their request head).
     pub idle_timeout: Duration,
-    /// Threads serving connections, each with its own runtime.
+    /// Threads serving connections, each with its own runtime (or, with
+    /// `work_stealing`, all in one).
     pub workers: std::num::NonZeroUsize,
+    /// Serve on one work-stealing runtime instead of a runtime per thread.
+    pub work_stealing: bool,
     /// Failed authentications (401) one peer IP may cause per minute before
     /// it is answered 429 for the rest of that minute.
     pub auth_failures_per_minute: NonZeroU32,
@@ -364,6 +367,7 @@ struct RawServer {
     idle_timeout_ms: u64,
     /// 0: one per CPU.
     workers: u64,
+    work_stealing: bool,
     auth_failures_per_minute: u32,
 }
 
@@ -378,6 +382,7 @@ impl Default for RawServer {
             shutdown_grace_ms: 10_000,
             idle_timeout_ms: 30_000,
             workers: 0,
+            work_stealing: false,
             auth_failures_per_minute: 30,
         }
     }
@@ -732,6 +737,7 @@ impl RawServer {
             tls,
             admin_key_sha256,
             workers,
+            work_stealing: self.work_stealing,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             auth_failures_per_minute,

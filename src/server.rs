@@ -39,6 +39,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// so its requests never hop between cores. Tasks a request
 /// spawns (an upstream call shared by waiters) run on its thread too; the
 /// calling runtime keeps the signal handling and background work.
+///
+/// With `server.work_stealing` (Pingora's option of the same name) the
+/// threads are instead one tokio work-stealing runtime with one accept
+/// loop: any thread serves any connection's next request, so a thread the
+/// kernel preempts does not hold its connections' requests until it runs
+/// again (a shorter latency tail when the cores are shared), at the cost
+/// of connections' tasks moving between cores (fewer requests per second
+/// at many connections; benches/RESULTS.md).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -61,7 +69,11 @@ pub async fn serve(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     let mut listening = Vec::new();
-    let count = state.config.server.workers.get();
+    let threads = state.config.server.workers;
+    let work_stealing = state.config.server.work_stealing;
+    // Accept loops: one per thread, or the one of the work-stealing runtime.
+    let count = if work_stealing { 1 } else { threads.get() };
+    let mut stealing = None;
     let loads = WorkerLoads::new(count);
     state.metrics.watch_workers(loads.clone());
     let (peers, mut handoffs): (Vec<_>, Vec<_>) =
@@ -94,6 +106,13 @@ pub async fn serve(
         let (done, finished) = oneshot::channel::<()>();
         let worker_loads = loads.clone();
         let worker_listener = listener.try_clone()?;
+        workers.push(finished);
+        if work_stealing {
+            stealing = Some(move || {
+                worker.serve_work_stealing(threads, worker_listener, &worker_loads, done)
+            });
+            continue;
+        }
         std::thread::Builder::new()
             .name(format!("gateway-worker-{index}"))
             .spawn(move || {
@@ -110,9 +129,13 @@ pub async fn serve(
                 worker_loads.retire(index);
                 let _ = done.send(());
             })?;
-        workers.push(finished);
     }
     drop(listener);
+    if let Some(serve) = stealing {
+        std::thread::Builder::new()
+            .name("gateway-runtime".into())
+            .spawn(serve)?;
+    }
 
     shutdown.await;
     state.readiness.set_draining();
@@ -208,7 +231,9 @@ where
     }
 }
 
-/// One serving thread's share of the server.
+/// One serving thread's share of the server: an accept loop and the
+/// connections it serves (with `server.work_stealing`, the only one, on a
+/// runtime of all the threads).
 struct Worker<A> {
     /// Its place in `loads` and `peers`.
     index: usize,
@@ -294,6 +319,42 @@ where
                 joined = tasks.join_next() => if joined.is_none() { break },
                 () = &mut grace => break,
             }
+        }
+    }
+
+    /// Runs this (only) worker's accept loop on a work-stealing runtime of
+    /// `threads` threads, blocking the calling thread until it ends.
+    fn serve_work_stealing(
+        self,
+        threads: std::num::NonZeroUsize,
+        listener: std::net::TcpListener,
+        loads: &WorkerLoads,
+        done: oneshot::Sender<()>,
+    ) {
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.get())
+            .thread_name("gateway-worker")
+            .on_thread_start(move || {
+                // Each thread its own stripe of every per-request counter.
+                let index = started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::striped::set_thread_stripe(index % threads.get());
+            })
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(runtime) => runtime.block_on(self.run_spawned(listener)),
+            Err(error) => tracing::error!(%error, "cannot start the serving runtime"),
+        }
+        loads.retire(0);
+        let _ = done.send(());
+    }
+
+    /// [`run`](Self::run) as a task of the runtime rather than its
+    /// `block_on` future, which no worker thread would poll.
+    async fn run_spawned(self, listener: std::net::TcpListener) {
+        if let Err(error) = tokio::spawn(self.run(listener)).await {
+            tracing::error!(%error, "the accept loop failed");
         }
     }
 

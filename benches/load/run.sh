@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Load benchmarks of mixpeek-gateway against a bare hyper server (the
+# Load benchmarks of mixpeek-gateway (default: a runtime per worker thread;
+# gateway-ws: server.work_stealing) against a bare hyper server (the
 # ceiling), nginx proxy_cache and Varnish on this machine, 127.0.0.1 only.
 #
 #   benches/load/run.sh [throughput|coalesce|memory|replicas|all]   (default: all)
@@ -29,7 +30,7 @@ PIDS=()
 
 port() { echo $((BASE_PORT + $1)); }
 SIM=$(port 1); GW=$(port 2); CEIL=$(port 3); NGX1=$(port 4); NGXA=$(port 5); VARN=$(port 6)
-CEIL_PT=$(port 14); SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX_SLOW=$(port 9); GW_MEM=$(port 10)
+CEIL_PT=$(port 14); GW_WS=$(port 15); SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX_SLOW=$(port 9); GW_MEM=$(port 10)
 REDIS_PORT=$(port 11); GW_R1=$(port 12); GW_R2=$(port 13)
 
 cleanup() {
@@ -78,11 +79,12 @@ start_sim() { # port latency_ms
   PIDS+=($!); wait_port "$1"
 }
 
-start_gateway() { # port upstream_port max_bytes [extra toml] -> sets GW_PID
+start_gateway() { # port upstream_port max_bytes [extra toml] [extra [server] toml] -> sets GW_PID
   local digest; digest=$(printf %s "$CLIENT_KEY" | sha256sum | cut -d' ' -f1)
   cat > "$WORK/gateway-$1.toml" <<EOF
 [server]
 listen = "127.0.0.1:$1"
+${5:-}
 [upstream]
 base_url = "http://127.0.0.1:$2"
 api_key_env = "BENCH_MIXPEEK_API_KEY"
@@ -166,11 +168,13 @@ throughput() {
   say "throughput: hits and pass-through misses, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
   start_sim "$SIM" 0
   start_gateway "$GW" "$SIM" 268435456
+  # The same gateway on one work-stealing runtime (server.work_stealing).
+  start_gateway "$GW_WS" "$SIM" 268435456 "" "work_stealing = true"
   local detail="/v1/retrievers/executions/exec_bench"
   curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM$detail" > "$WORK/body.json"
   "$STATIC" 127.0.0.1:"$CEIL" "$WORK/body.json" >/dev/null & PIDS+=($!); wait_port "$CEIL"
   "$STATIC" 127.0.0.1:"$CEIL_PT" "$WORK/body.json" per-thread >/dev/null & PIDS+=($!); wait_port "$CEIL_PT"
-  local targets=("ceiling|http://127.0.0.1:$CEIL$detail|" "ceiling-per-thread|http://127.0.0.1:$CEIL_PT$detail|" "gateway|http://127.0.0.1:$GW$detail|auth")
+  local targets=("ceiling|http://127.0.0.1:$CEIL$detail|" "ceiling-per-thread|http://127.0.0.1:$CEIL_PT$detail|" "gateway|http://127.0.0.1:$GW$detail|auth" "gateway-ws|http://127.0.0.1:$GW_WS$detail|auth")
   if [ "$HAVE_NGINX" = 1 ]; then
     start_nginx w1 "$NGX1" "$SIM" 1; start_nginx auto "$NGXA" "$SIM" auto
     targets+=("nginx-1w|http://127.0.0.1:$NGX1$detail|" "nginx-auto|http://127.0.0.1:$NGXA$detail|")
@@ -225,13 +229,14 @@ for conns in sorted({c for c, _ in rows}, reverse=True):
               f"{med['gateway(miss)'][1] - med['sim-direct(miss)'][1]:.0f} µs")
     # The same ratios round by round: targets of one round run seconds
     # apart, so these show how much of the spread is the machine drifting.
-    gw = [x[0] for x in rows.get((conns, "gateway"), [])]
-    for ref in ("ceiling", "nginx-auto"):
-        base = [x[0] for x in rows.get((conns, ref), [])]
-        if gw and len(base) == len(gw):
-            ratios = [g / b for g, b in zip(gw, base)]
-            print(f"gateway / {ref} round by round at {conns} connections: "
-                  f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
+    for gateway in ("gateway", "gateway-ws"):
+        gw = [x[0] for x in rows.get((conns, gateway), [])]
+        for ref in ("ceiling", "nginx-auto"):
+            base = [x[0] for x in rows.get((conns, ref), [])]
+            if gw and len(base) == len(gw):
+                ratios = [g / b for g, b in zip(gw, base)]
+                print(f"{gateway} / {ref} round by round at {conns} connections: "
+                      f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
 PY
 }
 

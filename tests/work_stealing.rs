@@ -1,0 +1,107 @@
+//! `server.work_stealing`: the gateway serves on one work-stealing runtime
+//! of `server.workers` threads with one accept loop, instead of one
+//! runtime per thread.
+//!
+//! The only test in its binary: it counts the process's serving threads by
+//! name, which another gateway in the same process would add to.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use mixpeek_gateway::sim::SimConfig;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DETAIL: &str = "GET /v1/retrievers/executions/{id}";
+const WORKERS: usize = 3;
+
+/// Threads of this process named `name` (Linux: `/proc/self/task`).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// The `worker_connections` gauges of a metrics scrape, by worker label.
+fn worker_gauges(text: &str) -> Vec<(String, i64)> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("mixpeek_gateway_worker_connections{worker=\""))
+        .filter_map(|rest| {
+            let (worker, value) = rest.split_once("\"} ")?;
+            Some((worker.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_work_stealing_runtime_serves_every_connection_and_stops_with_the_gateway() {
+    let mut sim = SimConfig::new(REAL_KEY);
+    sim.latency = Duration::from_millis(100);
+    let h = Harness::with(
+        sim,
+        &format!("workers = {WORKERS}\nwork_stealing = true"),
+        "",
+    )
+    .await;
+    // Requests from many connections at once, served by whichever thread
+    // is free: coalesced into one upstream call, then hits.
+    h.client.warm(20).await;
+    let replies = join_all((0..20).map(|_| {
+        h.client
+            .get("/v1/retrievers/executions/exec_ws", SEARCH_KEY)
+    }))
+    .await;
+    for reply in &replies {
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, replies[0].body);
+    }
+    assert_eq!(h.sim.count(DETAIL), 1);
+    // Answers came, so the runtime is up: exactly `workers` serving
+    // threads, none of the per-thread model's `gateway-worker-N`.
+    assert_eq!(threads_named("gateway-worker"), WORKERS);
+    assert_eq!(threads_named("gateway-worker-0"), 0);
+    let hit = h
+        .client
+        .get("/v1/retrievers/executions/exec_ws", SEARCH_KEY)
+        .await;
+    assert_eq!(hit.header("x-cache"), "HIT");
+    assert_eq!(hit.body, replies[0].body);
+    // Pass-through calls go upstream from any thread.
+    let listed = h.client.get("/v1/collections", SEARCH_KEY).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    assert_eq!(h.sim.count("other"), 1);
+
+    // One accept loop: every connection is counted on worker 0.
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(h.gateway.addr).await.unwrap();
+        stream
+            .write_all(b"GET /_gateway/health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+            .await
+            .expect("every connection is answered")
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        streams.push(stream);
+    }
+    let scrape = h.client.get("/_gateway/metrics", "").await;
+    let gauges = worker_gauges(&String::from_utf8_lossy(&scrape.body));
+    assert_eq!(gauges.len(), 1, "{gauges:?}");
+    assert_eq!(gauges[0].0, "0");
+    assert!(gauges[0].1 >= 8, "{gauges:?}");
+    drop(streams);
+
+    // Shutdown stops the runtime and its threads.
+    let Harness { gateway, .. } = h;
+    gateway.shutdown().await.unwrap();
+    assert_eq!(threads_named("gateway-worker"), 0);
+}
