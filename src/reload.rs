@@ -136,6 +136,9 @@ fn restart_required(running: &Config, fresh: &Config) -> Vec<&'static str> {
     if a.workers != b.workers {
         keys.push("server.workers");
     }
+    if a.work_stealing != b.work_stealing {
+        keys.push("server.work_stealing");
+    }
     if a.auth_failures_per_minute != b.auth_failures_per_minute {
         keys.push("server.auth_failures_per_minute");
     }
@@ -163,4 +166,35 @@ fn restart_required(running: &Config, fresh: &Config) -> Vec<&'static str> {
         keys.push("redis");
     }
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    fn config(server: &str) -> Config {
+        let toml = format!(
+            "[server]\n{server}\n[[clients]]\nname = \"a\"\nkey_sha256 = \"{DIGEST}\"\nnamespace = \"ns_a\"\n"
+        );
+        Config::from_toml(&toml, |name| {
+            (name == "MIXPEEK_API_KEY").then(|| "sk_real".to_string())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_serving_threads_model_needs_a_restart() {
+        let running = config("workers = 2");
+        assert!(restart_required(&running, &config("workers = 2")).is_empty());
+        assert_eq!(
+            restart_required(&running, &config("workers = 2\nwork_stealing = true")),
+            ["server.work_stealing"]
+        );
+        assert_eq!(
+            restart_required(&running, &config("workers = 3")),
+            ["server.workers"]
+        );
+    }
 }
