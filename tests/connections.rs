@@ -128,30 +128,21 @@ async fn a_burst_of_connections_is_spread_evenly_over_the_workers() {
         streams.push(TcpStream::connect(h.gateway.addr).await.unwrap());
     }
     for stream in &mut streams {
-        stream
-            .write_all(b"GET /_gateway/health HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
+        ask_health(stream).await;
     }
     for stream in &mut streams {
-        let mut head = [0u8; 12];
-        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
-            .await
-            .expect("every connection is answered")
-            .unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
+        assert_health_answered(stream).await;
     }
     // The 16 are still open; the scrape's own connection is counted too.
     let reply = h.client.get("/_gateway/metrics", "").await;
     let text = String::from_utf8_lossy(&reply.body);
-    let load = |text: &str, worker: u32| -> i64 {
-        let name = format!("mixpeek_gateway_worker_connections{{worker=\"{worker}\"}} ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(name.as_str()))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    let load = |text: &str, worker: &str| -> i64 {
+        worker_connections(text)
+            .into_iter()
+            .find_map(|(label, value)| (label == worker).then_some(value))
+            .unwrap_or_else(|| panic!("no worker_connections of worker {worker} in {text}"))
     };
-    let (a, b) = (load(&text, 0), load(&text, 1));
+    let (a, b) = (load(&text, "0"), load(&text, "1"));
     assert!(a + b >= 16, "{a} + {b}");
     assert!((a - b).abs() <= 1, "uneven: {a} and {b}");
 
@@ -162,7 +153,7 @@ async fn a_burst_of_connections_is_spread_evenly_over_the_workers() {
     for _ in 0..200 {
         let reply = h.client.get("/_gateway/metrics", "").await;
         let text = String::from_utf8_lossy(&reply.body).into_owned();
-        left = load(&text, 0) + load(&text, 1);
+        left = load(&text, "0") + load(&text, "1");
         if left <= 1 {
             break;
         }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use mixpeek_gateway::sim::SimConfig;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const DETAIL: &str = "GET /v1/retrievers/executions/{id}";
@@ -26,17 +25,6 @@ fn threads_named(name: &str) -> usize {
         .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
         .filter(|comm| comm.trim_end() == name)
         .count()
-}
-
-/// The `worker_connections` gauges of a metrics scrape, by worker label.
-fn worker_gauges(text: &str) -> Vec<(String, i64)> {
-    text.lines()
-        .filter_map(|line| line.strip_prefix("mixpeek_gateway_worker_connections{worker=\""))
-        .filter_map(|rest| {
-            let (worker, value) = rest.split_once("\"} ")?;
-            Some((worker.to_string(), value.trim().parse().ok()?))
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -83,20 +71,12 @@ async fn one_work_stealing_runtime_serves_every_connection_and_stops_with_the_ga
     let mut streams = Vec::new();
     for _ in 0..8 {
         let mut stream = TcpStream::connect(h.gateway.addr).await.unwrap();
-        stream
-            .write_all(b"GET /_gateway/health HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let mut head = [0u8; 12];
-        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
-            .await
-            .expect("every connection is answered")
-            .unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
+        ask_health(&mut stream).await;
+        assert_health_answered(&mut stream).await;
         streams.push(stream);
     }
     let scrape = h.client.get("/_gateway/metrics", "").await;
-    let gauges = worker_gauges(&String::from_utf8_lossy(&scrape.body));
+    let gauges = worker_connections(&String::from_utf8_lossy(&scrape.body));
     assert_eq!(gauges.len(), 1, "{gauges:?}");
     assert_eq!(gauges[0].0, "0");
     assert!(gauges[0].1 >= 8, "{gauges:?}");

@@ -248,6 +248,37 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String 
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends `GET /_gateway/health` on a raw keep-alive connection.
+pub async fn ask_health(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(b"GET /_gateway/health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+}
+
+/// Reads the status line of the answer to [`ask_health`]: it must be 200.
+pub async fn assert_health_answered(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+        .await
+        .expect("every connection is answered")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+}
+
+/// The `worker_connections` gauges of a metrics scrape, by worker label.
+pub fn worker_connections(text: &str) -> Vec<(String, i64)> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("mixpeek_gateway_worker_connections{worker=\""))
+        .filter_map(|rest| {
+            let (worker, value) = rest.split_once("\"} ")?;
+            Some((worker.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// A port on 127.0.0.1 with nothing listening on it.
 pub async fn closed_port() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
