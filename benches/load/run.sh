@@ -9,6 +9,12 @@
 # apt-get install wrk nginx varnish when missing and running as root),
 # BASE_PORT (19000). Every process it starts is stopped on exit. Results are
 # printed as tables; copy them into benches/RESULTS.md.
+#
+# Besides req/s and latency, the throughput tables give each server's CPU
+# time per request (user + system of all its processes, from /proc, over
+# the wrk run): the load generator shares the cores, so req/s drifts with
+# how the scheduler splits them, while CPU per request is the server's own
+# cost and drifts much less.
 set -euo pipefail
 
 MODE=${1:-all}
@@ -152,38 +158,57 @@ EOF
     -s malloc,256m -P "$WORK/varnish.pid" >/dev/null 2>&1 && wait_port "$1"
 }
 
-# wrk: prints "rps p50_us p99_us"
+# wrk: prints "rps p50_us p99_us requests"
 run_wrk() { # conns url [extra wrk args...]
   local conns=$1 url=$2; shift 2
   local threads=2; [ "$conns" -lt 2 ] && threads=1
   wrk -t"$threads" -c"$conns" -d"$DURATION" --latency "$@" "$url" 2>/dev/null | awk '
     function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v+0 }
     /Requests\/sec/ { rps=$2 }
+    / requests in / { n=$1 }
     $1=="50%" { p50=us($2) }
     $1=="99%" { p99=us($2) }
-    END { printf "%s %s %s\n", rps, p50, p99 }'
+    END { printf "%s %s %s %s\n", rps, p50, p99, n }'
 }
+
+# CPU time (user + system, clock ticks) of a server's processes: a pid, or
+# nginx:NAME / varnish for a master and its workers.
+cpu_ticks() { # spec
+  local pids=() lead
+  case "$1" in
+    nginx:*) lead=$(cat "$WORK/nginx-${1#nginx:}.pid"); pids=("$lead" $(pgrep -P "$lead")) ;;
+    varnish) lead=$(cat "$WORK/varnish.pid"); pids=("$lead" $(pgrep -P "$lead")) ;;
+    *) pids=("$1") ;;
+  esac
+  # Fields after the command name: utime and stime are the 12th and 13th.
+  for pid in "${pids[@]}"; do sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null || true; done |
+    awk '{ t += $12 + $13 } END { print t + 0 }'
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 throughput() {
   say "throughput: hits and pass-through misses, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
-  start_sim "$SIM" 0
-  start_gateway "$GW" "$SIM" 268435456
+  start_sim "$SIM" 0; local sim_pid=${PIDS[-1]}
+  start_gateway "$GW" "$SIM" 268435456; local gw_pid=$GW_PID
   # The same gateway on one work-stealing runtime (server.work_stealing).
-  start_gateway "$GW_WS" "$SIM" 268435456 "" "work_stealing = true"
+  start_gateway "$GW_WS" "$SIM" 268435456 "" "work_stealing = true"; local gw_ws_pid=$GW_PID
   local detail="/v1/retrievers/executions/exec_bench"
   curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM$detail" > "$WORK/body.json"
-  "$STATIC" 127.0.0.1:"$CEIL" "$WORK/body.json" >/dev/null & PIDS+=($!); wait_port "$CEIL"
-  "$STATIC" 127.0.0.1:"$CEIL_PT" "$WORK/body.json" per-thread >/dev/null & PIDS+=($!); wait_port "$CEIL_PT"
-  local targets=("ceiling|http://127.0.0.1:$CEIL$detail|" "ceiling-per-thread|http://127.0.0.1:$CEIL_PT$detail|" "gateway|http://127.0.0.1:$GW$detail|auth" "gateway-ws|http://127.0.0.1:$GW_WS$detail|auth")
+  "$STATIC" 127.0.0.1:"$CEIL" "$WORK/body.json" >/dev/null & PIDS+=($!); local ceil_pid=$!; wait_port "$CEIL"
+  "$STATIC" 127.0.0.1:"$CEIL_PT" "$WORK/body.json" per-thread >/dev/null & PIDS+=($!); local ceil_pt_pid=$!; wait_port "$CEIL_PT"
+  # name|url|credentials|whose CPU time is counted
+  local targets=("ceiling|http://127.0.0.1:$CEIL$detail||$ceil_pid" "ceiling-per-thread|http://127.0.0.1:$CEIL_PT$detail||$ceil_pt_pid" "gateway|http://127.0.0.1:$GW$detail|auth|$gw_pid" "gateway-ws|http://127.0.0.1:$GW_WS$detail|auth|$gw_ws_pid")
   if [ "$HAVE_NGINX" = 1 ]; then
     start_nginx w1 "$NGX1" "$SIM" 1; start_nginx auto "$NGXA" "$SIM" auto
-    targets+=("nginx-1w|http://127.0.0.1:$NGX1$detail|" "nginx-auto|http://127.0.0.1:$NGXA$detail|")
+    targets+=("nginx-1w|http://127.0.0.1:$NGX1$detail||nginx:w1" "nginx-auto|http://127.0.0.1:$NGXA$detail||nginx:auto")
   fi
   if [ "$HAVE_VARNISH" = 1 ]; then
-    start_varnish "$VARN" "$SIM"; targets+=("varnish|http://127.0.0.1:$VARN$detail|")
+    start_varnish "$VARN" "$SIM"; targets+=("varnish|http://127.0.0.1:$VARN$detail||varnish")
   fi
   local miss="/v1/collections/col_bench/documents"
-  targets+=("sim-direct(miss)|http://127.0.0.1:$SIM$miss|real" "gateway(miss)|http://127.0.0.1:$GW$miss|auth")
+  # A pass-through miss counts the gateway's CPU only: the sim's is the
+  # same as for the direct call.
+  targets+=("sim-direct(miss)|http://127.0.0.1:$SIM$miss|real|$sim_pid" "gateway(miss)|http://127.0.0.1:$GW$miss|auth|$gw_pid")
   # Warm every cache.
   for t in "${targets[@]}"; do
     IFS='|' read -r _ url auth <<<"$t"
@@ -194,13 +219,18 @@ throughput() {
   for round in $(seq 1 "$ROUNDS"); do
     for conns in $CONNS 1; do
       for t in "${targets[@]}"; do
-        IFS='|' read -r name url auth <<<"$t"
+        IFS='|' read -r name url auth procs <<<"$t"
         local header=()
         case "$auth" in
           auth) header=(-H "Authorization: Bearer $CLIENT_KEY") ;;
           real) header=(-H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS") ;;
         esac
-        echo "$name $conns $(run_wrk "$conns" "$url" "${header[@]}")" | tee -a "$WORK/throughput.txt"
+        local t0 t1 rps p50 p99 n
+        t0=$(cpu_ticks "$procs")
+        read -r rps p50 p99 n < <(run_wrk "$conns" "$url" "${header[@]}")
+        t1=$(cpu_ticks "$procs")
+        local cpu; cpu=$(awk -v t="$((t1 - t0))" -v n="${n:-0}" -v us="$TICK_US" 'BEGIN { printf "%.2f", (n > 0 ? t * us / n : 0) }')
+        echo "$name $conns $rps $p50 $p99 $cpu" | tee -a "$WORK/throughput.txt"
       done
     done
     echo "   (round $round done)"
@@ -211,19 +241,29 @@ throughput() {
 import sys, statistics as st, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    name, conns, rps, p50, p99 = line.split()
-    rows[(int(conns), name)].append((float(rps), float(p50), float(p99)))
+    name, conns, rps, p50, p99, cpu = line.split()
+    rows[(int(conns), name)].append((float(rps), float(p50), float(p99), float(cpu)))
 for conns in sorted({c for c, _ in rows}, reverse=True):
     print(f"\n{conns} connections (median of rounds)")
-    print(f"| target | req/s | p50 µs | p99 µs | × ceiling | × ceiling-per-thread | × nginx-auto |")
-    print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    med = {n: tuple(st.median(x[i] for x in v) for i in range(3)) for (c, n), v in rows.items() if c == conns}
+    print(f"| target | req/s | p50 µs | p99 µs | CPU µs/req | × ceiling | × ceiling-per-thread | × nginx-auto |")
+    print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    med = {n: tuple(st.median(x[i] for x in v) for i in range(4)) for (c, n), v in rows.items() if c == conns}
     ceil = med.get("ceiling", (0,))[0]; ngx = med.get("nginx-auto", (0,))[0]
     ceil_pt = med.get("ceiling-per-thread", (0,))[0]
-    for name, (rps, p50, p99) in med.items():
+    for name, (rps, p50, p99, cpu) in med.items():
         rc = f"{rps/ceil:.2f}" if ceil else "-"; rn = f"{rps/ngx:.2f}" if ngx else "-"
         rp = f"{rps/ceil_pt:.2f}" if ceil_pt else "-"
-        print(f"| {name} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {rc} | {rp} | {rn} |")
+        print(f"| {name} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {cpu:.2f} | {rc} | {rp} | {rn} |")
+    # CPU per request of the reference over the gateway's: how many times
+    # less CPU the gateway spends on the same answer, round by round.
+    for gateway in ("gateway", "gateway-ws"):
+        gw = [x[3] for x in rows.get((conns, gateway), [])]
+        for ref in ("ceiling", "nginx-auto"):
+            base = [x[3] for x in rows.get((conns, ref), [])]
+            if gw and len(base) == len(gw) and all(gw):
+                ratios = [b / g for g, b in zip(gw, base)]
+                print(f"CPU per request, {ref} / {gateway} at {conns} connections: "
+                      f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
     if "gateway(miss)" in med and "sim-direct(miss)" in med:
         print(f"\npass-through added to the median at {conns} connections: "
               f"{med['gateway(miss)'][1] - med['sim-direct(miss)'][1]:.0f} µs")
