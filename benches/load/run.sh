@@ -12,9 +12,10 @@
 #
 # Besides req/s and latency, the throughput tables give each server's CPU
 # time per request (user + system of all its processes, from /proc, over
-# the wrk run): the load generator shares the cores, so req/s drifts with
-# how the scheduler splits them, while CPU per request is the server's own
-# cost and drifts much less.
+# the wrk run). The load generator shares the cores, so req/s also depends
+# on how the scheduler splits them between wrk and the server; CPU per
+# request is the server's own cost (it still moves with the VM's speed, so
+# compare it within a round too).
 set -euo pipefail
 
 MODE=${1:-all}
