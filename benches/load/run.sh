@@ -3,7 +3,11 @@
 # gateway-ws: server.work_stealing) against a bare hyper server (the
 # ceiling), nginx proxy_cache and Varnish on this machine, 127.0.0.1 only.
 #
-#   benches/load/run.sh [throughput|coalesce|memory|replicas|all]   (default: all)
+#   benches/load/run.sh [throughput|coalesce|memory|replicas|pinned|all]   (default: all)
+#
+# pinned (not part of all): the gateway, bare hyper and nginx each on CPU 1
+# with one serving thread, wrk -t1 on CPU 0, so nothing preempts the server
+# and each is limited by its own cost per request.
 #
 # Environment: ROUNDS (3), DURATION (10s), CONNS ("64 256"), INSTALL (1: may
 # apt-get install wrk nginx varnish when missing and running as root),
@@ -39,6 +43,10 @@ port() { echo $((BASE_PORT + $1)); }
 SIM=$(port 1); GW=$(port 2); CEIL=$(port 3); NGX1=$(port 4); NGXA=$(port 5); VARN=$(port 6)
 CEIL_PT=$(port 14); GW_WS=$(port 15); SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX_SLOW=$(port 9); GW_MEM=$(port 10)
 REDIS_PORT=$(port 11); GW_R1=$(port 12); GW_R2=$(port 13)
+SIM_PIN=$(port 16); GW_PIN=$(port 17); CEIL_PIN=$(port 18); NGX_PIN=$(port 19)
+PIN=()      # a command prefix for the servers started next (pinned mode)
+WRK_PIN=()  # and for wrk
+WRK_THREADS=2
 
 cleanup() {
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
@@ -105,7 +113,7 @@ max_bytes = $3
 ${4:-}
 EOF
   # Request logs off (warn), as nginx runs with access_log off.
-  BENCH_MIXPEEK_API_KEY=$REAL_KEY RUST_LOG=warn "$BIN" serve --config "$WORK/gateway-$1.toml" >/dev/null 2>&1 &
+  BENCH_MIXPEEK_API_KEY=$REAL_KEY RUST_LOG=warn "${PIN[@]}" "$BIN" serve --config "$WORK/gateway-$1.toml" >/dev/null 2>&1 &
   GW_PID=$!; PIDS+=($GW_PID); wait_port "$1"
 }
 
@@ -140,7 +148,7 @@ http {
   }
 }
 EOF
-  nginx -c "$WORK/nginx-$1.conf" -p "$WORK" && wait_port "$2"
+  "${PIN[@]}" nginx -c "$WORK/nginx-$1.conf" -p "$WORK" && wait_port "$2"
 }
 
 start_varnish() { # port upstream_port
@@ -162,8 +170,8 @@ EOF
 # wrk: prints "rps p50_us p99_us requests"
 run_wrk() { # conns url [extra wrk args...]
   local conns=$1 url=$2; shift 2
-  local threads=2; [ "$conns" -lt 2 ] && threads=1
-  wrk -t"$threads" -c"$conns" -d"$DURATION" --latency "$@" "$url" 2>/dev/null | awk '
+  local threads=$WRK_THREADS; [ "$conns" -lt 2 ] && threads=1
+  "${WRK_PIN[@]}" wrk -t"$threads" -c"$conns" -d"$DURATION" --latency "$@" "$url" 2>/dev/null | awk '
     function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v+0 }
     /Requests\/sec/ { rps=$2 }
     / requests in / { n=$1 }
@@ -375,6 +383,66 @@ print(f"| one replica | {one:,.0f} |\n| two replicas (sum) | {two:,.0f} |\n| rat
 PY
 }
 
+pinned() {
+  say "pinned: each server on CPU 1 with one serving thread, wrk -t1 on CPU 0, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
+  if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; then
+    echo "needs 2 CPUs and taskset: skipped"; return
+  fi
+  start_sim "$SIM_PIN" 0
+  local detail="/v1/retrievers/executions/exec_bench"
+  curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM_PIN$detail" > "$WORK/body.json"
+  PIN=(taskset -c 1)
+  start_gateway "$GW_PIN" "$SIM_PIN" 268435456 "" "workers = 1"; local gw_pid=$GW_PID
+  # Its work-stealing runtime sizes itself to the one CPU it may use.
+  "${PIN[@]}" "$STATIC" 127.0.0.1:"$CEIL_PIN" "$WORK/body.json" >/dev/null & PIDS+=($!); local ceil_pid=$!; wait_port "$CEIL_PIN"
+  local targets=("gateway|$GW_PIN|$gw_pid" "ceiling|$CEIL_PIN|$ceil_pid")
+  [ "$HAVE_NGINX" = 1 ] && { start_nginx pin "$NGX_PIN" "$SIM_PIN" 1; targets+=("nginx-1w|$NGX_PIN|nginx:pin"); }
+  PIN=()
+  for t in "${targets[@]}"; do
+    IFS='|' read -r _ p _ <<<"$t"
+    for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$detail"; done
+  done
+  WRK_PIN=(taskset -c 0); WRK_THREADS=1
+  : > "$WORK/pinned.txt"
+  for round in $(seq 1 "$ROUNDS"); do
+    for conns in $CONNS; do
+      for t in "${targets[@]}"; do
+        IFS='|' read -r name p procs <<<"$t"
+        local t0 t1 rps p50 p99 n cpu
+        t0=$(cpu_ticks "$procs")
+        read -r rps p50 p99 n < <(run_wrk "$conns" "http://127.0.0.1:$p$detail" -H "Authorization: Bearer $CLIENT_KEY")
+        t1=$(cpu_ticks "$procs")
+        cpu=$(awk -v t="$((t1 - t0))" -v n="${n:-0}" -v us="$TICK_US" 'BEGIN { printf "%.2f", (n > 0 ? t * us / n : 0) }')
+        echo "$name $conns $rps $p50 $p99 $cpu" | tee -a "$WORK/pinned.txt"
+      done
+    done
+    echo "   (round $round done)"
+  done
+  WRK_PIN=(); WRK_THREADS=2
+  python3 - "$WORK/pinned.txt" <<'PY'
+import sys, statistics as st, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, conns, rps, p50, p99, cpu = line.split()
+    rows[(int(conns), name)].append((float(rps), float(p50), float(p99), float(cpu)))
+for conns in sorted({c for c, _ in rows}):
+    print(f"\n{conns} connections, pinned (median of rounds)")
+    print("| target | req/s | p50 µs | p99 µs | CPU µs/req |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for (c, name), v in rows.items():
+        if c == conns:
+            med = [st.median(x[i] for x in v) for i in range(4)]
+            print(f"| {name} | {med[0]:,.0f} | {med[1]:,.0f} | {med[2]:,.0f} | {med[3]:.2f} |")
+    gw = [x[0] for x in rows.get((conns, "gateway"), [])]
+    for ref in ("ceiling", "nginx-1w"):
+        base = [x[0] for x in rows.get((conns, ref), [])]
+        if gw and len(base) == len(gw):
+            ratios = [g / b for g, b in zip(gw, base)]
+            print(f"gateway / {ref} round by round at {conns} connections: "
+                  f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
+PY
+}
+
 ensure_tools
 build
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%d); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
@@ -383,6 +451,7 @@ case "$MODE" in
   coalesce) coalesce ;;
   memory) memory ;;
   replicas) replicas ;;
+  pinned) pinned ;;
   all) throughput; coalesce; memory; replicas ;;
-  *) echo "usage: $0 [throughput|coalesce|memory|replicas|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [throughput|coalesce|memory|replicas|pinned|all]" >&2; exit 2 ;;
 esac
