@@ -185,8 +185,8 @@ run_wrk() { # conns url [extra wrk args...]
 cpu_ticks() { # spec
   local pids=() lead
   case "$1" in
-    nginx:*) lead=$(cat "$WORK/nginx-${1#nginx:}.pid"); pids=("$lead" $(pgrep -P "$lead")) ;;
-    varnish) lead=$(cat "$WORK/varnish.pid"); pids=("$lead" $(pgrep -P "$lead")) ;;
+    nginx:*) lead=$(cat "$WORK/nginx-${1#nginx:}.pid"); pids=("$lead" $(pgrep -P "$lead" || true)) ;;
+    varnish) lead=$(cat "$WORK/varnish.pid"); pids=("$lead" $(pgrep -P "$lead" || true)) ;;
     *) pids=("$1") ;;
   esac
   # Fields after the command name: utime and stime are the 12th and 13th.
@@ -282,7 +282,7 @@ for conns in sorted({c for c, _ in rows}, reverse=True):
         gw = [x[0] for x in rows.get((conns, gateway), [])]
         for ref in ("ceiling", "nginx-auto"):
             base = [x[0] for x in rows.get((conns, ref), [])]
-            if gw and len(base) == len(gw):
+            if gw and len(base) == len(gw) and all(base):
                 ratios = [g / b for g, b in zip(gw, base)]
                 print(f"{gateway} / {ref} round by round at {conns} connections: "
                       f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
@@ -402,6 +402,7 @@ pinned() {
     IFS='|' read -r _ p _ <<<"$t"
     for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$detail"; done
   done
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$GW_PIN$detail")" = 200 ]
   WRK_PIN=(taskset -c 0); WRK_THREADS=1
   : > "$WORK/pinned.txt"
   for round in $(seq 1 "$ROUNDS"); do
@@ -436,9 +437,16 @@ for conns in sorted({c for c, _ in rows}):
     gw = [x[0] for x in rows.get((conns, "gateway"), [])]
     for ref in ("ceiling", "nginx-1w"):
         base = [x[0] for x in rows.get((conns, ref), [])]
-        if gw and len(base) == len(gw):
+        if gw and len(base) == len(gw) and all(base):
             ratios = [g / b for g, b in zip(gw, base)]
             print(f"gateway / {ref} round by round at {conns} connections: "
+                  f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
+    gw_cpu = [x[3] for x in rows.get((conns, "gateway"), [])]
+    for ref in ("ceiling", "nginx-1w"):
+        base = [x[3] for x in rows.get((conns, ref), [])]
+        if gw_cpu and len(base) == len(gw_cpu) and all(gw_cpu):
+            ratios = [b / g for g, b in zip(gw_cpu, base)]
+            print(f"CPU per request, {ref} / gateway at {conns} connections: "
                   f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
 PY
 }
