@@ -246,47 +246,7 @@ throughput() {
   done
   say "pass-through: 20 000 alternating requests, direct to the sim and through the gateway, one at a time"
   "$LOADGEN" pair "http://127.0.0.1:$SIM$miss" "$REAL_KEY" "$NS" "http://127.0.0.1:$GW$miss" "$CLIENT_KEY" 20000
-  python3 - "$WORK/throughput.txt" <<'PY'
-import sys, statistics as st, collections
-rows = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    name, conns, rps, p50, p99, cpu = line.split()
-    rows[(int(conns), name)].append((float(rps), float(p50), float(p99), float(cpu)))
-for conns in sorted({c for c, _ in rows}, reverse=True):
-    print(f"\n{conns} connections (median of rounds)")
-    print(f"| target | req/s | p50 µs | p99 µs | CPU µs/req | × ceiling | × ceiling-per-thread | × nginx-auto |")
-    print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    med = {n: tuple(st.median(x[i] for x in v) for i in range(4)) for (c, n), v in rows.items() if c == conns}
-    ceil = med.get("ceiling", (0,))[0]; ngx = med.get("nginx-auto", (0,))[0]
-    ceil_pt = med.get("ceiling-per-thread", (0,))[0]
-    for name, (rps, p50, p99, cpu) in med.items():
-        rc = f"{rps/ceil:.2f}" if ceil else "-"; rn = f"{rps/ngx:.2f}" if ngx else "-"
-        rp = f"{rps/ceil_pt:.2f}" if ceil_pt else "-"
-        print(f"| {name} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {cpu:.2f} | {rc} | {rp} | {rn} |")
-    # CPU per request of the reference over the gateway's: how many times
-    # less CPU the gateway spends on the same answer, round by round.
-    for gateway in ("gateway", "gateway-ws"):
-        gw = [x[3] for x in rows.get((conns, gateway), [])]
-        for ref in ("ceiling", "nginx-auto"):
-            base = [x[3] for x in rows.get((conns, ref), [])]
-            if gw and len(base) == len(gw) and all(gw):
-                ratios = [b / g for g, b in zip(gw, base)]
-                print(f"CPU per request, {ref} / {gateway} at {conns} connections: "
-                      f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
-    if "gateway(miss)" in med and "sim-direct(miss)" in med:
-        print(f"\npass-through added to the median at {conns} connections: "
-              f"{med['gateway(miss)'][1] - med['sim-direct(miss)'][1]:.0f} µs")
-    # The same ratios round by round: targets of one round run seconds
-    # apart, so these show how much of the spread is the machine drifting.
-    for gateway in ("gateway", "gateway-ws"):
-        gw = [x[0] for x in rows.get((conns, gateway), [])]
-        for ref in ("ceiling", "nginx-auto"):
-            base = [x[0] for x in rows.get((conns, ref), [])]
-            if gw and len(base) == len(gw) and all(base):
-                ratios = [g / b for g, b in zip(gw, base)]
-                print(f"{gateway} / {ref} round by round at {conns} connections: "
-                      f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
-PY
+  python3 "$ROOT/benches/load/summary.py" throughput "$WORK/throughput.txt"
 }
 
 sim_count() { # port route-key
@@ -420,35 +380,7 @@ pinned() {
     echo "   (round $round done)"
   done
   WRK_PIN=(); WRK_THREADS=2
-  python3 - "$WORK/pinned.txt" <<'PY'
-import sys, statistics as st, collections
-rows = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    name, conns, rps, p50, p99, cpu = line.split()
-    rows[(int(conns), name)].append((float(rps), float(p50), float(p99), float(cpu)))
-for conns in sorted({c for c, _ in rows}):
-    print(f"\n{conns} connections, pinned (median of rounds)")
-    print("| target | req/s | p50 µs | p99 µs | CPU µs/req |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for (c, name), v in rows.items():
-        if c == conns:
-            med = [st.median(x[i] for x in v) for i in range(4)]
-            print(f"| {name} | {med[0]:,.0f} | {med[1]:,.0f} | {med[2]:,.0f} | {med[3]:.2f} |")
-    gw = [x[0] for x in rows.get((conns, "gateway"), [])]
-    for ref in ("ceiling", "nginx-1w"):
-        base = [x[0] for x in rows.get((conns, ref), [])]
-        if gw and len(base) == len(gw) and all(base):
-            ratios = [g / b for g, b in zip(gw, base)]
-            print(f"gateway / {ref} round by round at {conns} connections: "
-                  f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
-    gw_cpu = [x[3] for x in rows.get((conns, "gateway"), [])]
-    for ref in ("ceiling", "nginx-1w"):
-        base = [x[3] for x in rows.get((conns, ref), [])]
-        if gw_cpu and len(base) == len(gw_cpu) and all(gw_cpu):
-            ratios = [b / g for g, b in zip(gw_cpu, base)]
-            print(f"CPU per request, {ref} / gateway at {conns} connections: "
-                  f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
-PY
+  python3 "$ROOT/benches/load/summary.py" pinned "$WORK/pinned.txt"
 }
 
 ensure_tools

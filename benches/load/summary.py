@@ -1,0 +1,80 @@
+"""Tables for benches/load/run.sh from its per-run lines.
+
+    python3 summary.py throughput FILE   # the shared-core rounds
+    python3 summary.py pinned FILE       # each server on a core of its own
+
+Each line of FILE: name connections req/s p50_us p99_us cpu_us_per_request.
+Medians are over the rounds; the ratios are also printed round by round,
+because the targets of one round run seconds apart while the machine's
+speed drifts between rounds.
+"""
+
+import collections
+import statistics as st
+import sys
+
+
+def read(path):
+    rows = collections.defaultdict(list)
+    for line in open(path):
+        name, conns, rps, p50, p99, cpu = line.split()
+        rows[(int(conns), name)].append((float(rps), float(p50), float(p99), float(cpu)))
+    return rows
+
+
+def medians(rows, conns):
+    return {n: tuple(st.median(x[i] for x in v) for i in range(4))
+            for (c, n), v in rows.items() if c == conns}
+
+
+def per_round(rows, conns, name, ref):
+    """name's req/s over ref's, then ref's CPU per request over name's
+    (how many times less CPU name spends on the same answer)."""
+    ours, theirs = rows.get((conns, name), []), rows.get((conns, ref), [])
+    if not ours or len(ours) != len(theirs):
+        return
+    for label, field, invert in (("req/s", 0, False), ("CPU per request", 3, True)):
+        pairs = [(o[field], t[field]) for o, t in zip(ours, theirs)]
+        if not all(o and t for o, t in pairs):
+            continue
+        ratios = [t / o if invert else o / t for o, t in pairs]
+        what = f"{ref} / {name}" if invert else f"{name} / {ref}"
+        print(f"{label}, {what}, round by round at {conns} connections: "
+              f"{' '.join(f'{r:.2f}' for r in ratios)} (median {st.median(ratios):.2f})")
+
+
+def ratio(value, base):
+    return f"{value / base:.2f}" if base else "-"
+
+
+def throughput(rows):
+    for conns in sorted({c for c, _ in rows}, reverse=True):
+        print(f"\n{conns} connections (median of rounds)")
+        print("| target | req/s | p50 µs | p99 µs | CPU µs/req | × ceiling | × ceiling-per-thread | × nginx-auto |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        med = medians(rows, conns)
+        ceil, ceil_pt, ngx = (med.get(n, (0,))[0] for n in ("ceiling", "ceiling-per-thread", "nginx-auto"))
+        for name, (rps, p50, p99, cpu) in med.items():
+            print(f"| {name} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {cpu:.2f} | "
+                  f"{ratio(rps, ceil)} | {ratio(rps, ceil_pt)} | {ratio(rps, ngx)} |")
+        if "gateway(miss)" in med and "sim-direct(miss)" in med:
+            print(f"\npass-through added to the median at {conns} connections: "
+                  f"{med['gateway(miss)'][1] - med['sim-direct(miss)'][1]:.0f} µs")
+        for gateway in ("gateway", "gateway-ws"):
+            for ref in ("ceiling", "nginx-auto"):
+                per_round(rows, conns, gateway, ref)
+
+
+def pinned(rows):
+    for conns in sorted({c for c, _ in rows}):
+        print(f"\n{conns} connections, pinned (median of rounds)")
+        print("| target | req/s | p50 µs | p99 µs | CPU µs/req |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for name, (rps, p50, p99, cpu) in medians(rows, conns).items():
+            print(f"| {name} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {cpu:.2f} |")
+        for ref in ("ceiling", "nginx-1w"):
+            per_round(rows, conns, "gateway", ref)
+
+
+if __name__ == "__main__":
+    {"throughput": throughput, "pinned": pinned}[sys.argv[1]](read(sys.argv[2]))
