@@ -195,6 +195,18 @@ cpu_ticks() { # spec
 }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
+# One wrk run, appended to a results file as
+# "name conns rps p50_us p99_us cpu_us_per_request".
+measure() { # name conns url cpu-spec file [extra wrk args...]
+  local name=$1 conns=$2 url=$3 procs=$4 file=$5; shift 5
+  local t0 t1 rps p50 p99 n cpu
+  t0=$(cpu_ticks "$procs")
+  read -r rps p50 p99 n < <(run_wrk "$conns" "$url" "$@")
+  t1=$(cpu_ticks "$procs")
+  cpu=$(awk -v t="$((t1 - t0))" -v n="${n:-0}" -v us="$TICK_US" 'BEGIN { printf "%.2f", (n > 0 ? t * us / n : 0) }')
+  echo "$name $conns $rps $p50 $p99 $cpu" | tee -a "$file"
+}
+
 throughput() {
   say "throughput: hits and pass-through misses, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
   start_sim "$SIM" 0; local sim_pid=${PIDS[-1]}
@@ -234,12 +246,7 @@ throughput() {
           auth) header=(-H "Authorization: Bearer $CLIENT_KEY") ;;
           real) header=(-H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS") ;;
         esac
-        local t0 t1 rps p50 p99 n
-        t0=$(cpu_ticks "$procs")
-        read -r rps p50 p99 n < <(run_wrk "$conns" "$url" "${header[@]}")
-        t1=$(cpu_ticks "$procs")
-        local cpu; cpu=$(awk -v t="$((t1 - t0))" -v n="${n:-0}" -v us="$TICK_US" 'BEGIN { printf "%.2f", (n > 0 ? t * us / n : 0) }')
-        echo "$name $conns $rps $p50 $p99 $cpu" | tee -a "$WORK/throughput.txt"
+        measure "$name" "$conns" "$url" "$procs" "$WORK/throughput.txt" "${header[@]}"
       done
     done
     echo "   (round $round done)"
@@ -369,12 +376,7 @@ pinned() {
     for conns in $CONNS; do
       for t in "${targets[@]}"; do
         IFS='|' read -r name p procs <<<"$t"
-        local t0 t1 rps p50 p99 n cpu
-        t0=$(cpu_ticks "$procs")
-        read -r rps p50 p99 n < <(run_wrk "$conns" "http://127.0.0.1:$p$detail" -H "Authorization: Bearer $CLIENT_KEY")
-        t1=$(cpu_ticks "$procs")
-        cpu=$(awk -v t="$((t1 - t0))" -v n="${n:-0}" -v us="$TICK_US" 'BEGIN { printf "%.2f", (n > 0 ? t * us / n : 0) }')
-        echo "$name $conns $rps $p50 $p99 $cpu" | tee -a "$WORK/pinned.txt"
+        measure "$name" "$conns" "http://127.0.0.1:$p$detail" "$procs" "$WORK/pinned.txt" -H "Authorization: Bearer $CLIENT_KEY"
       done
     done
     echo "   (round $round done)"
