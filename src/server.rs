@@ -387,13 +387,19 @@ where
             let Some(acceptor) = tls else {
                 return serve_connection(&builder, stream, service, connection, peer).await;
             };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    serve_connection(&builder, stream, service, connection, peer).await;
+            // Boxed: a task's size is that of its largest state, and the TLS
+            // one (rustls' session and hyper over it) would double every
+            // plain connection's.
+            Box::pin(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve_connection(&builder, stream, service, connection, peer).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            })
+            .await;
         });
     }
 }
@@ -469,8 +475,11 @@ async fn serve_connection<I, S, B>(
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
 {
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Some(Err(error)) = connection.serve(served, |c| c.graceful_shutdown()).await {
+    let served = connection.serve(
+        builder.serve_connection_with_upgrades(TokioIo::new(stream), service),
+        |c| c.graceful_shutdown(),
+    );
+    if let Some(Err(error)) = served.await {
         tracing::debug!(%peer, error = %error, "connection closed with error");
     }
 }
