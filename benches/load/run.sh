@@ -3,13 +3,17 @@
 # gateway-ws: server.work_stealing) against a bare hyper server (the
 # ceiling), nginx proxy_cache and Varnish on this machine, 127.0.0.1 only.
 #
-#   benches/load/run.sh [throughput|coalesce|memory|replicas|pinned|all]   (default: all)
+#   benches/load/run.sh [throughput|coalesce|memory|replicas|pinned|instructions|all]   (default: all)
 #
 # pinned (not part of all): the gateway, bare hyper and nginx each on CPU 1
 # with one serving thread, wrk -t1 on CPU 0, so nothing preempts the server
 # and each is limited by its own cost per request.
+# instructions (not part of all): user-space instructions per cache hit of
+# the gateway and bare hyper under callgrind (needs valgrind), which do not
+# depend on the VM's speed.
 #
-# Environment: ROUNDS (3), DURATION (10s), CONNS ("64 256"), INSTALL (1: may
+# Environment: ROUNDS (3), DURATION (10s), IR_DURATION (10s, instructions
+# mode), CONNS ("64 256"), INSTALL (1: may
 # apt-get install wrk nginx varnish when missing and running as root),
 # BASE_PORT (19000). Every process it starts is stopped on exit. Results are
 # printed as tables; copy them into benches/RESULTS.md.
@@ -25,6 +29,7 @@ set -euo pipefail
 MODE=${1:-all}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
+IR_DURATION=${IR_DURATION:-10s}
 CONNS=${CONNS:-"64 256"}
 INSTALL=${INSTALL:-1}
 BASE_PORT=${BASE_PORT:-19000}
@@ -44,6 +49,7 @@ SIM=$(port 1); GW=$(port 2); CEIL=$(port 3); NGX1=$(port 4); NGXA=$(port 5); VAR
 CEIL_PT=$(port 14); GW_WS=$(port 15); SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX_SLOW=$(port 9); GW_MEM=$(port 10)
 REDIS_PORT=$(port 11); GW_R1=$(port 12); GW_R2=$(port 13)
 SIM_PIN=$(port 16); GW_PIN=$(port 17); CEIL_PIN=$(port 18); NGX_PIN=$(port 19)
+SIM_IR=$(port 20); GW_IR=$(port 21); CEIL_IR=$(port 22)
 PIN=()      # a command prefix for the servers started next (pinned mode)
 WRK_PIN=()  # and for wrk
 WRK_THREADS=2
@@ -319,6 +325,44 @@ print(f"| RSS after caching all | {mb(full):.1f} MiB |")
 print(f"| target 1.5 × stored + 30 MB | {1.5*stored/1048576 + 30:.1f} MiB |")
 print(f"| RSS with max_bytes = stored/4 ({quarter/1048576:.1f} MiB) after the same fill | {mb(bounded):.1f} MiB |")
 PY
+  kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+  local conns=${MEM_CONNS:-5000}
+  say "memory per keep-alive connection: $conns connections, one cached detail each, then held open"
+  start_gateway "$GW_MEM" "$SIM" 268435456
+  local detail="/v1/retrievers/executions/exec_bench"
+  curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM$detail" > "$WORK/body.json"
+  "$STATIC" 127.0.0.1:"$CEIL" "$WORK/body.json" >/dev/null & PIDS+=($!); local ceil_pid=$!; wait_port "$CEIL"
+  echo "| server | RSS before | RSS with the connections | per connection |"
+  echo "| --- | ---: | ---: | ---: |"
+  conn_memory gateway "$GW_PID" "$GW_MEM" "$conns" "$detail"
+  conn_memory "bare hyper" "$ceil_pid" "$CEIL" "$conns" "$detail"
+}
+
+conn_memory() { # name pid port connections path: RSS growth per open keep-alive connection
+  python3 - "$@" "$CLIENT_KEY" <<'PY'
+import socket, sys, time
+name, pid, port, n, path, key = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+def rss_kb():
+    return next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS"))
+request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+# A warm-up request, so the cache entry and the first allocations are in place.
+with socket.create_connection(("127.0.0.1", port)) as s:
+    s.sendall(request); s.recv(65536)
+time.sleep(0.5)
+before = rss_kb()
+socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+for s in socks:
+    s.sendall(request)
+for s in socks:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(65536)
+time.sleep(0.5)
+after = rss_kb()
+print(f"| {name} | {before/1024:.1f} MiB | {after/1024:.1f} MiB | {(after-before)*1024/n/1000:.1f} kB |")
+for s in socks:
+    s.close()
+PY
 }
 
 replicas() {
@@ -385,6 +429,48 @@ pinned() {
   python3 "$ROOT/benches/load/summary.py" pinned "$WORK/pinned.txt"
 }
 
+# Instructions per cache hit executed by the server itself (user space),
+# counted by callgrind: repeatable whatever the VM's speed, so a change to
+# the hot path can be judged on these noisy machines. The counters are
+# zeroed after a warm-up and dumped after a wrk run of IR_DURATION; the
+# measured run's own connection setup (one task per connection) is inside
+# the window, a few hundred instructions per request at 256 connections.
+instructions() {
+  say "instructions per hit, server side (callgrind), wrk -t1 ${IR_DURATION}, connections: ${CONNS}"
+  if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
+    echo "needs valgrind (apt-get install valgrind): skipped"; return
+  fi
+  start_sim "$SIM_IR" 0
+  local detail="/v1/retrievers/executions/exec_bench"
+  curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM_IR$detail" > "$WORK/body.json"
+  : > "$WORK/instructions.txt"
+  local conns target pid port out requests ir
+  for conns in $CONNS; do
+    for target in gateway ceiling; do
+      out="$WORK/callgrind-$target-$conns.out"
+      PIN=(valgrind -q --tool=callgrind --callgrind-out-file="$out")
+      if [ "$target" = gateway ]; then
+        port=$GW_IR; start_gateway "$port" "$SIM_IR" 268435456 "" "workers = 1"; pid=$GW_PID
+      else
+        port=$CEIL_IR; "${PIN[@]}" "$STATIC" 127.0.0.1:"$port" "$WORK/body.json" >/dev/null 2>&1 &
+        pid=$!; PIDS+=("$pid"); wait_port "$port"
+      fi
+      PIN=()
+      local url="http://127.0.0.1:$port$detail"
+      for _ in 1 2 3; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "$url"; done
+      wrk -t1 -c"$conns" -d2s -H "Authorization: Bearer $CLIENT_KEY" "$url" >/dev/null
+      callgrind_control -z "$pid" >/dev/null 2>&1
+      requests=$(wrk -t1 -c"$conns" -d"$IR_DURATION" -H "Authorization: Bearer $CLIENT_KEY" "$url" | awk '/requests in/ {print $1}')
+      callgrind_control -d "$pid" >/dev/null 2>&1
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      ir=$(awk '/^summary:/ {print $2}' "$out".1)
+      echo "$target $conns $requests $ir" | tee -a "$WORK/instructions.txt"
+    done
+  done
+  python3 "$ROOT/benches/load/summary.py" instructions "$WORK/instructions.txt"
+}
+
 ensure_tools
 build
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%d); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
@@ -394,6 +480,7 @@ case "$MODE" in
   memory) memory ;;
   replicas) replicas ;;
   pinned) pinned ;;
+  instructions) instructions ;;
   all) throughput; coalesce; memory; replicas ;;
-  *) echo "usage: $0 [throughput|coalesce|memory|replicas|pinned|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [throughput|coalesce|memory|replicas|pinned|instructions|all]" >&2; exit 2 ;;
 esac

@@ -2,8 +2,10 @@
 
     python3 summary.py throughput FILE   # the shared-core rounds
     python3 summary.py pinned FILE       # each server on a core of its own
+    python3 summary.py instructions FILE # callgrind counts per request
 
-Each line of FILE: name connections req/s p50_us p99_us cpu_us_per_request.
+Each line of FILE: name connections req/s p50_us p99_us cpu_us_per_request
+(instructions: name connections requests instructions).
 Medians are over the rounds; the ratios are also printed round by round,
 because the targets of one round run seconds apart while the machine's
 speed drifts between rounds.
@@ -76,5 +78,21 @@ def pinned(rows):
             per_round(rows, conns, "gateway", ref)
 
 
+def instructions(path):
+    counts = {}
+    for line in open(path):
+        name, conns, requests, ir = line.split()
+        counts[(int(conns), name)] = int(ir) / int(requests)
+    print("\n| connections | gateway instructions / hit | bare hyper | gateway − bare hyper | × bare hyper |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for conns in sorted({c for c, _ in counts}):
+        gw, ceil = counts.get((conns, "gateway")), counts.get((conns, "ceiling"))
+        if gw and ceil:
+            print(f"| {conns} | {gw:,.0f} | {ceil:,.0f} | {gw - ceil:,.0f} | {gw / ceil:.2f} |")
+
+
 if __name__ == "__main__":
-    {"throughput": throughput, "pinned": pinned}[sys.argv[1]](read(sys.argv[2]))
+    if sys.argv[1] == "instructions":
+        instructions(sys.argv[2])
+    else:
+        {"throughput": throughput, "pinned": pinned}[sys.argv[1]](read(sys.argv[2]))
