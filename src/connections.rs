@@ -405,10 +405,16 @@ mod tests {
     #[test]
     fn serving_holds_the_connection_future_once() {
         // An `async fn` would keep a second slot for its moved argument.
-        let connection = std::future::pending::<[u8; 4096]>();
+        let connection = async {
+            let state = [1u8; 4096];
+            std::future::pending::<()>().await;
+            state.iter().map(|&b| u32::from(b)).sum::<u32>()
+        };
+        let size = std::mem::size_of_val(&connection);
+        assert!(size > 4096);
         let set = Connections::new();
         let served = set.open().serve(connection, |_| {});
-        assert!(std::mem::size_of_val(&served) < 4096 + 64);
+        assert!(std::mem::size_of_val(&served) < size + 64);
     }
 
     #[tokio::test]
