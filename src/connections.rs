@@ -81,13 +81,17 @@ impl Connections {
     pub fn open(self: &Arc<Self>) -> Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState::default());
+        // Under the lock `drain` takes after setting `draining`: either it
+        // finds this connection in the set or this reads `draining` set.
+        let mut live = self.lock();
         let signal = if self.draining.load(Ordering::Acquire) {
             CLOSE_GRACEFULLY
         } else {
             OPEN
         };
         state.signal.store(signal, Ordering::Release);
-        self.lock().insert(id, state.clone());
+        live.insert(id, state.clone());
+        drop(live);
         Connection {
             id,
             state,
@@ -240,6 +244,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let state = &this.state.state;
+        // Registered before the signal is read, so a signal sent in between
+        // wakes this task again instead of being lost.
+        state.waker.register(cx.waker());
         match state.signal.load(Ordering::Acquire) {
             DROP => return Poll::Ready(None),
             CLOSE_GRACEFULLY if !*this.shutting_down => {
@@ -248,7 +255,6 @@ where
             }
             _ => {}
         }
-        state.waker.register(cx.waker());
         this.connection.poll(cx).map(Some)
     }
 }
