@@ -49,7 +49,7 @@ SIM=$(port 1); GW=$(port 2); CEIL=$(port 3); NGX1=$(port 4); NGXA=$(port 5); VAR
 CEIL_PT=$(port 14); GW_WS=$(port 15); SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX_SLOW=$(port 9); GW_MEM=$(port 10)
 REDIS_PORT=$(port 11); GW_R1=$(port 12); GW_R2=$(port 13)
 SIM_PIN=$(port 16); GW_PIN=$(port 17); CEIL_PIN=$(port 18); NGX_PIN=$(port 19)
-SIM_IR=$(port 20); GW_IR=$(port 21); CEIL_IR=$(port 22)
+SIM_IR=$(port 20); GW_IR=$(port 21); CEIL_IR=$(port 22); CEIL_MEM=$(port 23)
 PIN=()      # a command prefix for the servers started next (pinned mode)
 WRK_PIN=()  # and for wrk
 WRK_THREADS=2
@@ -327,15 +327,20 @@ print(f"| RSS with max_bytes = stored/4 ({quarter/1048576:.1f} MiB) after the sa
 PY
   kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
   local conns=${MEM_CONNS:-5000}
+  # Thousands of sockets on each side: the servers started next and the
+  # client inherit the hard limit on open files as their soft one.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   say "memory per keep-alive connection: $conns connections, one cached detail each, then held open"
   start_gateway "$GW_MEM" "$SIM" 268435456
   local detail="/v1/retrievers/executions/exec_bench"
   curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM$detail" > "$WORK/body.json"
-  "$STATIC" 127.0.0.1:"$CEIL" "$WORK/body.json" >/dev/null & PIDS+=($!); local ceil_pid=$!; wait_port "$CEIL"
+  "$STATIC" 127.0.0.1:"$CEIL_MEM" "$WORK/body.json" >/dev/null & PIDS+=($!); local ceil_pid=$!; wait_port "$CEIL_MEM"
   echo "| server | RSS before | RSS with the connections | per connection |"
   echo "| --- | ---: | ---: | ---: |"
   conn_memory gateway "$GW_PID" "$GW_MEM" "$conns" "$detail"
-  conn_memory "bare hyper" "$ceil_pid" "$CEIL" "$conns" "$detail"
+  conn_memory "bare hyper" "$ceil_pid" "$CEIL_MEM" "$conns" "$detail"
+  kill "$GW_PID" "$ceil_pid" 2>/dev/null || true
+  wait "$GW_PID" "$ceil_pid" 2>/dev/null || true
 }
 
 conn_memory() { # name pid port connections path: RSS growth per open keep-alive connection
@@ -345,18 +350,28 @@ name, pid, port, n, path, key = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
 def rss_kb():
     return next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS"))
 request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
-# A warm-up request, so the cache entry and the first allocations are in place.
-with socket.create_connection(("127.0.0.1", port)) as s:
-    s.sendall(request); s.recv(65536)
-time.sleep(0.5)
-before = rss_kb()
-socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-for s in socks:
+def connect():
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(request)
-for s in socks:
+    return s
+def answered(s):
     head = b""
     while b"\r\n\r\n" not in head:
-        head += s.recv(65536)
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit(f"{name}: connection closed before the response head")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 200 "):
+        status = head.split(b"\r\n")[0].decode(errors="replace")
+        sys.exit(f"{name}: {status}")
+# A warm-up request, so the cache entry and the first allocations are in place.
+with connect() as s:
+    answered(s)
+time.sleep(0.5)
+before = rss_kb()
+socks = [connect() for _ in range(n)]
+for s in socks:
+    answered(s)
 time.sleep(0.5)
 after = rss_kb()
 print(f"| {name} | {before/1024:.1f} MiB | {after/1024:.1f} MiB | {(after-before)*1024/n/1000:.1f} kB |")
@@ -452,18 +467,21 @@ instructions() {
       if [ "$target" = gateway ]; then
         port=$GW_IR; start_gateway "$port" "$SIM_IR" 268435456 "" "workers = 1"; pid=$GW_PID
       else
-        port=$CEIL_IR; "${PIN[@]}" "$STATIC" 127.0.0.1:"$port" "$WORK/body.json" >/dev/null 2>&1 &
+        # On one CPU, so its work-stealing runtime has one worker, like the gateway.
+        port=$CEIL_IR; taskset -c 1 "${PIN[@]}" "$STATIC" 127.0.0.1:"$port" "$WORK/body.json" >/dev/null 2>&1 &
         pid=$!; PIDS+=("$pid"); wait_port "$port"
       fi
       PIN=()
       local url="http://127.0.0.1:$port$detail"
       for _ in 1 2 3; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "$url"; done
+      [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "$url")" = 200 ]
       wrk -t1 -c"$conns" -d2s -H "Authorization: Bearer $CLIENT_KEY" "$url" >/dev/null
-      callgrind_control -z "$pid" >/dev/null 2>&1
+      callgrind_control -z "$pid" >"$WORK/callgrind_control.log" 2>&1 || { cat "$WORK/callgrind_control.log" >&2; return 1; }
       requests=$(wrk -t1 -c"$conns" -d"$IR_DURATION" -H "Authorization: Bearer $CLIENT_KEY" "$url" | awk '/requests in/ {print $1}')
-      callgrind_control -d "$pid" >/dev/null 2>&1
+      callgrind_control -d "$pid" >"$WORK/callgrind_control.log" 2>&1 || { cat "$WORK/callgrind_control.log" >&2; return 1; }
       kill "$pid" 2>/dev/null || true
       wait "$pid" 2>/dev/null || true
+      [ -s "$out.1" ] || { echo "no callgrind dump for $target" >&2; return 1; }
       ir=$(awk '/^summary:/ {print $2}' "$out".1)
       echo "$target $conns $requests $ir" | tee -a "$WORK/instructions.txt"
     done

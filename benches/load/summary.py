@@ -82,7 +82,8 @@ def instructions(path):
     counts = {}
     for line in open(path):
         name, conns, requests, ir = line.split()
-        counts[(int(conns), name)] = int(ir) / int(requests)
+        if int(requests) > 0:
+            counts[(int(conns), name)] = int(ir) / int(requests)
     print("\n| connections | gateway instructions / hit | bare hyper | gateway − bare hyper | × bare hyper |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for conns in sorted({c for c, _ in counts}):
