@@ -100,6 +100,13 @@ start_sim() { # port latency_ms
   PIDS+=($!); wait_port "$1"
 }
 
+# The detail every hit benchmark asks for, and its body (from the sim at
+# port $1) for bare hyper to serve.
+DETAIL="/v1/retrievers/executions/exec_bench"
+detail_body() { # sim_port
+  curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$1$DETAIL" > "$WORK/body.json"
+}
+
 start_gateway() { # port upstream_port max_bytes [extra toml] [extra [server] toml] -> sets GW_PID
   local digest; digest=$(printf %s "$CLIENT_KEY" | sha256sum | cut -d' ' -f1)
   cat > "$WORK/gateway-$1.toml" <<EOF
@@ -219,18 +226,17 @@ throughput() {
   start_gateway "$GW" "$SIM" 268435456; local gw_pid=$GW_PID
   # The same gateway on one work-stealing runtime (server.work_stealing).
   start_gateway "$GW_WS" "$SIM" 268435456 "" "work_stealing = true"; local gw_ws_pid=$GW_PID
-  local detail="/v1/retrievers/executions/exec_bench"
-  curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM$detail" > "$WORK/body.json"
+  detail_body "$SIM"
   "$STATIC" 127.0.0.1:"$CEIL" "$WORK/body.json" >/dev/null & PIDS+=($!); local ceil_pid=$!; wait_port "$CEIL"
   "$STATIC" 127.0.0.1:"$CEIL_PT" "$WORK/body.json" per-thread >/dev/null & PIDS+=($!); local ceil_pt_pid=$!; wait_port "$CEIL_PT"
   # name|url|credentials|whose CPU time is counted
-  local targets=("ceiling|http://127.0.0.1:$CEIL$detail||$ceil_pid" "ceiling-per-thread|http://127.0.0.1:$CEIL_PT$detail||$ceil_pt_pid" "gateway|http://127.0.0.1:$GW$detail|auth|$gw_pid" "gateway-ws|http://127.0.0.1:$GW_WS$detail|auth|$gw_ws_pid")
+  local targets=("ceiling|http://127.0.0.1:$CEIL$DETAIL||$ceil_pid" "ceiling-per-thread|http://127.0.0.1:$CEIL_PT$DETAIL||$ceil_pt_pid" "gateway|http://127.0.0.1:$GW$DETAIL|auth|$gw_pid" "gateway-ws|http://127.0.0.1:$GW_WS$DETAIL|auth|$gw_ws_pid")
   if [ "$HAVE_NGINX" = 1 ]; then
     start_nginx w1 "$NGX1" "$SIM" 1; start_nginx auto "$NGXA" "$SIM" auto
-    targets+=("nginx-1w|http://127.0.0.1:$NGX1$detail||nginx:w1" "nginx-auto|http://127.0.0.1:$NGXA$detail||nginx:auto")
+    targets+=("nginx-1w|http://127.0.0.1:$NGX1$DETAIL||nginx:w1" "nginx-auto|http://127.0.0.1:$NGXA$DETAIL||nginx:auto")
   fi
   if [ "$HAVE_VARNISH" = 1 ]; then
-    start_varnish "$VARN" "$SIM"; targets+=("varnish|http://127.0.0.1:$VARN$detail||varnish")
+    start_varnish "$VARN" "$SIM"; targets+=("varnish|http://127.0.0.1:$VARN$DETAIL||varnish")
   fi
   local miss="/v1/collections/col_bench/documents"
   # A pass-through miss counts the gateway's CPU only: the sim's is the
@@ -241,7 +247,7 @@ throughput() {
     IFS='|' read -r _ url auth <<<"$t"
     for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "$url"; done
   done
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$GW$detail")" = 200 ]
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$GW$DETAIL")" = 200 ]
   : > "$WORK/throughput.txt"
   for round in $(seq 1 "$ROUNDS"); do
     for conns in $CONNS 1; do
@@ -332,13 +338,12 @@ PY
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   say "memory per keep-alive connection: $conns connections, one cached detail each, then held open"
   start_gateway "$GW_MEM" "$SIM" 268435456
-  local detail="/v1/retrievers/executions/exec_bench"
-  curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM$detail" > "$WORK/body.json"
+  detail_body "$SIM"
   "$STATIC" 127.0.0.1:"$CEIL_MEM" "$WORK/body.json" >/dev/null & PIDS+=($!); local ceil_pid=$!; wait_port "$CEIL_MEM"
   echo "| server | RSS before | RSS with the connections | per connection |"
   echo "| --- | ---: | ---: | ---: |"
-  conn_memory gateway "$GW_PID" "$GW_MEM" "$conns" "$detail"
-  conn_memory "bare hyper" "$ceil_pid" "$CEIL_MEM" "$conns" "$detail"
+  conn_memory gateway "$GW_PID" "$GW_MEM" "$conns" "$DETAIL"
+  conn_memory "bare hyper" "$ceil_pid" "$CEIL_MEM" "$conns" "$DETAIL"
   kill "$GW_PID" "$ceil_pid" 2>/dev/null || true
   wait "$GW_PID" "$ceil_pid" 2>/dev/null || true
 }
@@ -389,16 +394,15 @@ replicas() {
   local shared=$'[redis]\nurl = "redis://127.0.0.1:'"$REDIS_PORT"$'"'
   start_gateway "$GW_R1" "$SIM" 268435456 "$shared"
   start_gateway "$GW_R2" "$SIM" 268435456 "$shared"
-  local detail="/v1/retrievers/executions/exec_bench"
-  for p in "$GW_R1" "$GW_R2"; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$detail"; done
+  for p in "$GW_R1" "$GW_R2"; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$DETAIL"; done
   echo "| setup | req/s (median of $ROUNDS) |"
   echo "| --- | ---: |"
   local one=() two=()
   for _ in $(seq 1 "$ROUNDS"); do
-    one+=("$(run_wrk 64 "http://127.0.0.1:$GW_R1$detail" -H "Authorization: Bearer $CLIENT_KEY" | cut -d' ' -f1)")
-    run_wrk 32 "http://127.0.0.1:$GW_R1$detail" -H "Authorization: Bearer $CLIENT_KEY" > "$WORK/r1" &
+    one+=("$(run_wrk 64 "http://127.0.0.1:$GW_R1$DETAIL" -H "Authorization: Bearer $CLIENT_KEY" | cut -d' ' -f1)")
+    run_wrk 32 "http://127.0.0.1:$GW_R1$DETAIL" -H "Authorization: Bearer $CLIENT_KEY" > "$WORK/r1" &
     local w=$!
-    run_wrk 32 "http://127.0.0.1:$GW_R2$detail" -H "Authorization: Bearer $CLIENT_KEY" > "$WORK/r2"
+    run_wrk 32 "http://127.0.0.1:$GW_R2$DETAIL" -H "Authorization: Bearer $CLIENT_KEY" > "$WORK/r2"
     wait "$w"
     two+=("$(python3 -c "print(float('$(cut -d' ' -f1 "$WORK/r1")') + float('$(cut -d' ' -f1 "$WORK/r2")'))")")
   done
@@ -415,8 +419,7 @@ pinned() {
     echo "needs 2 CPUs and taskset: skipped"; return
   fi
   start_sim "$SIM_PIN" 0
-  local detail="/v1/retrievers/executions/exec_bench"
-  curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM_PIN$detail" > "$WORK/body.json"
+  detail_body "$SIM_PIN"
   PIN=(taskset -c 1)
   start_gateway "$GW_PIN" "$SIM_PIN" 268435456 "" "workers = 1"; local gw_pid=$GW_PID
   # Its work-stealing runtime sizes itself to the one CPU it may use.
@@ -426,16 +429,16 @@ pinned() {
   PIN=()
   for t in "${targets[@]}"; do
     IFS='|' read -r _ p _ <<<"$t"
-    for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$detail"; done
+    for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$DETAIL"; done
   done
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$GW_PIN$detail")" = 200 ]
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$GW_PIN$DETAIL")" = 200 ]
   WRK_PIN=(taskset -c 0); WRK_THREADS=1
   : > "$WORK/pinned.txt"
   for round in $(seq 1 "$ROUNDS"); do
     for conns in $CONNS; do
       for t in "${targets[@]}"; do
         IFS='|' read -r name p procs <<<"$t"
-        measure "$name" "$conns" "http://127.0.0.1:$p$detail" "$procs" "$WORK/pinned.txt" -H "Authorization: Bearer $CLIENT_KEY"
+        measure "$name" "$conns" "http://127.0.0.1:$p$DETAIL" "$procs" "$WORK/pinned.txt" -H "Authorization: Bearer $CLIENT_KEY"
       done
     done
     echo "   (round $round done)"
@@ -456,8 +459,7 @@ instructions() {
     echo "needs valgrind (apt-get install valgrind): skipped"; return
   fi
   start_sim "$SIM_IR" 0
-  local detail="/v1/retrievers/executions/exec_bench"
-  curl -sf -H "Authorization: Bearer $REAL_KEY" -H "X-Namespace: $NS" "http://127.0.0.1:$SIM_IR$detail" > "$WORK/body.json"
+  detail_body "$SIM_IR"
   : > "$WORK/instructions.txt"
   local conns target pid port out requests ir
   for conns in $CONNS; do
@@ -472,7 +474,7 @@ instructions() {
         pid=$!; PIDS+=("$pid"); wait_port "$port"
       fi
       PIN=()
-      local url="http://127.0.0.1:$port$detail"
+      local url="http://127.0.0.1:$port$DETAIL"
       for _ in 1 2 3; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "$url"; done
       [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "$url")" = 200 ]
       wrk -t1 -c"$conns" -d2s -H "Authorization: Bearer $CLIENT_KEY" "$url" >/dev/null
