@@ -49,6 +49,21 @@ def ratio(value, base):
     return f"{value / base:.2f}" if base else "-"
 
 
+def verdict(med, conns):
+    """The issue's hit targets on the medians, and what 1.4 × nginx asks of
+    the gateway against bare hyper, which does none of its work."""
+    gw, ceil, ngx = (med.get(n) for n in ("gateway", "ceiling", "nginx-auto"))
+    if conns == 1 or not (gw and ceil and ngx and ceil[0] and ngx[0]):
+        return  # one connection measures the pass-through only
+    met = lambda ok: "met" if ok else "missed"
+    print(f"\nhit targets at {conns} connections: "
+          f"{gw[0] / ceil[0]:.2f} × ceiling (≥ 0.8: {met(gw[0] >= 0.8 * ceil[0])}), "
+          f"{gw[0] / ngx[0]:.2f} × nginx-auto (≥ 1.4: {met(gw[0] >= 1.4 * ngx[0])}), "
+          f"p99 {gw[2]:,.0f} vs {ngx[2]:,.0f} µs ({met(gw[2] <= ngx[2])}); "
+          f"bare hyper is {ceil[0] / ngx[0]:.2f} × nginx-auto, so 1.4 × nginx "
+          f"asks for {1.4 * ngx[0] / ceil[0]:.2f} × bare hyper")
+
+
 def throughput(rows):
     for conns in sorted({c for c, _ in rows}, reverse=True):
         print(f"\n{conns} connections (median of rounds)")
@@ -59,6 +74,7 @@ def throughput(rows):
         for name, (rps, p50, p99, cpu) in med.items():
             print(f"| {name} | {rps:,.0f} | {p50:,.0f} | {p99:,.0f} | {cpu:.2f} | "
                   f"{ratio(rps, ceil)} | {ratio(rps, ceil_pt)} | {ratio(rps, ngx)} |")
+        verdict(med, conns)
         if "gateway(miss)" in med and "sim-direct(miss)" in med:
             print(f"\npass-through added to the median at {conns} connections: "
                   f"{med['gateway(miss)'][1] - med['sim-direct(miss)'][1]:.0f} µs")
