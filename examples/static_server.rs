@@ -9,8 +9,13 @@
 //! instead — one single-threaded runtime per CPU, all accepting from one
 //! listening socket — so the gateway can also be compared with a bare
 //! server built the same way.
+//!
+//! With `WORK_NS=N` in its environment each response first busy-waits N
+//! nanoseconds: a bare server that does N ns of work per request
+//! (`benches/load/run.sh bound`).
 
 use std::convert::Infallible;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
@@ -28,6 +33,12 @@ fn main() -> std::io::Result<()> {
         None => Bytes::from_static(b"{\"status\":\"completed\"}"),
     };
     let per_thread = args.next().as_deref() == Some("per-thread");
+    let work = Duration::from_nanos(
+        std::env::var("WORK_NS")
+            .ok()
+            .and_then(|ns| ns.parse().ok())
+            .unwrap_or(0),
+    );
     let listener = std::net::TcpListener::bind(&listen)?;
     listener.set_nonblocking(true)?;
     println!("static server on http://{}", listener.local_addr()?);
@@ -35,7 +46,7 @@ fn main() -> std::io::Result<()> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        return runtime.block_on(accept(listener, body));
+        return runtime.block_on(accept(listener, body, work));
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
@@ -45,7 +56,7 @@ fn main() -> std::io::Result<()> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(accept(listener, body))
+                .block_on(accept(listener, body, work))
         }));
     }
     for handle in handles {
@@ -54,7 +65,11 @@ fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-async fn accept(listener: std::net::TcpListener, body: Bytes) -> std::io::Result<()> {
+async fn accept(
+    listener: std::net::TcpListener,
+    body: Bytes,
+    work: Duration,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
@@ -62,6 +77,12 @@ async fn accept(listener: std::net::TcpListener, body: Bytes) -> std::io::Result
         let body = body.clone();
         tokio::spawn(async move {
             let service = service_fn(move |_request: Request<Incoming>| {
+                if !work.is_zero() {
+                    let start = Instant::now();
+                    while start.elapsed() < work {
+                        std::hint::spin_loop();
+                    }
+                }
                 let mut response = Response::new(Full::new(body.clone()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

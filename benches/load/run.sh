@@ -3,7 +3,7 @@
 # gateway-ws: server.work_stealing) against a bare hyper server (the
 # ceiling), nginx proxy_cache and Varnish on this machine, 127.0.0.1 only.
 #
-#   benches/load/run.sh [throughput|coalesce|memory|replicas|pinned|instructions|all]   (default: all)
+#   benches/load/run.sh [throughput|coalesce|memory|replicas|pinned|instructions|bound|all]   (default: all)
 #
 # pinned (not part of all): the gateway, bare hyper and nginx each on CPU 1
 # with one serving thread, wrk -t1 on CPU 0, so nothing preempts the server
@@ -11,9 +11,16 @@
 # instructions (not part of all): user-space instructions per cache hit of
 # the gateway and bare hyper under callgrind (needs valgrind), which do not
 # depend on the VM's speed.
+# bound (not part of all): bare hyper (the ceiling, on tokio's multi-threaded
+# runtime, which balances connections over the cores: the per-thread
+# build's uneven split at 64 connections moved it by 1.5 x between rounds)
+# with N ns of busy work added to every request, for each N in BOUND_WORK,
+# beside the gateway and nginx (workers=auto): how much work per request
+# a hyper server can add and still be 1.4 x nginx, against what the
+# gateway does.
 #
 # Environment: ROUNDS (3), DURATION (10s), IR_DURATION (10s, instructions
-# mode), CONNS ("64 256"), INSTALL (1: may
+# mode), CONNS ("64 256"), BOUND_WORK ("0 500 1000 1500 2000", ns), INSTALL (1: may
 # apt-get install wrk nginx varnish when missing and running as root),
 # BASE_PORT (19000). Every process it starts is stopped on exit. Results are
 # printed as tables; copy them into benches/RESULTS.md.
@@ -31,6 +38,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 IR_DURATION=${IR_DURATION:-10s}
 CONNS=${CONNS:-"64 256"}
+BOUND_WORK=${BOUND_WORK:-"0 500 1000 1500 2000"}
 INSTALL=${INSTALL:-1}
 BASE_PORT=${BASE_PORT:-19000}
 
@@ -50,6 +58,7 @@ CEIL_PT=$(port 14); GW_WS=$(port 15); SIM_SLOW=$(port 7); GW_SLOW=$(port 8); NGX
 REDIS_PORT=$(port 11); GW_R1=$(port 12); GW_R2=$(port 13)
 SIM_PIN=$(port 16); GW_PIN=$(port 17); CEIL_PIN=$(port 18); NGX_PIN=$(port 19)
 SIM_IR=$(port 20); GW_IR=$(port 21); CEIL_IR=$(port 22); CEIL_MEM=$(port 23)
+SIM_B=$(port 24); GW_B=$(port 25); NGX_B=$(port 26)  # bound mode; its bare servers from port 30 on
 PIN=()      # a command prefix for the servers started next (pinned mode)
 WRK_PIN=()  # and for wrk
 WRK_THREADS=2
@@ -491,6 +500,43 @@ instructions() {
   python3 "$ROOT/benches/load/summary.py" instructions "$WORK/instructions.txt"
 }
 
+# Bare hyper with N ns of busy work per request (WORK_NS), interleaved with
+# the gateway and nginx-auto: the req/s each amount of work leaves, so the
+# gateway's own work per request can be read as "bare hyper + N ns" and
+# set against the N that 1.4 x nginx allows.
+bound() {
+  say "bound: bare hyper + N ns of work per request (N in $BOUND_WORK), the gateway and nginx-auto, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
+  [ "$HAVE_NGINX" = 1 ] || { echo "needs nginx: skipped"; return; }
+  start_sim "$SIM_B" 0
+  start_gateway "$GW_B" "$SIM_B" 268435456; local gw_pid=$GW_PID
+  start_nginx bound "$NGX_B" "$SIM_B" auto
+  detail_body "$SIM_B"
+  # name|port|whose CPU time is counted
+  local targets=("gateway|$GW_B|$gw_pid" "nginx-auto|$NGX_B|nginx:bound") next=30 work port
+  for work in $BOUND_WORK; do
+    port=$(port "$next"); next=$((next + 1))
+    WORK_NS=$work "$STATIC" 127.0.0.1:"$port" "$WORK/body.json" >/dev/null & PIDS+=($!)
+    targets+=("hyper+${work}ns|$port|$!"); wait_port "$port"
+  done
+  local t name procs
+  for t in "${targets[@]}"; do
+    IFS='|' read -r name port _ <<<"$t"
+    for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$port$DETAIL"; done
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$port$DETAIL")" = 200 ]
+  done
+  : > "$WORK/bound.txt"
+  for round in $(seq 1 "$ROUNDS"); do
+    for conns in $CONNS; do
+      for t in "${targets[@]}"; do
+        IFS='|' read -r name port procs <<<"$t"
+        measure "$name" "$conns" "http://127.0.0.1:$port$DETAIL" "$procs" "$WORK/bound.txt" -H "Authorization: Bearer $CLIENT_KEY"
+      done
+    done
+    echo "   (round $round done)"
+  done
+  python3 "$ROOT/benches/load/summary.py" bound "$WORK/bound.txt"
+}
+
 ensure_tools
 build
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%Y-%m-%d); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
@@ -501,6 +547,7 @@ case "$MODE" in
   replicas) replicas ;;
   pinned) pinned ;;
   instructions) instructions ;;
+  bound) bound ;;
   all) throughput; coalesce; memory; replicas ;;
-  *) echo "usage: $0 [throughput|coalesce|memory|replicas|pinned|instructions|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [throughput|coalesce|memory|replicas|pinned|instructions|bound|all]" >&2; exit 2 ;;
 esac

@@ -3,6 +3,7 @@
     python3 summary.py throughput FILE   # the shared-core rounds
     python3 summary.py pinned FILE       # each server on a core of its own
     python3 summary.py instructions FILE # callgrind counts per request
+    python3 summary.py bound FILE        # bare hyper + N ns of work per request
 
 Each line of FILE: name connections req/s p50_us p99_us cpu_us_per_request
 (instructions: name connections requests instructions).
@@ -94,6 +95,35 @@ def pinned(rows):
             per_round(rows, conns, "gateway", ref)
 
 
+def work_at(curve, rps):
+    """The work per request (ns) at which bare hyper + work serves rps, by
+    linear interpolation over (work, req/s) points sorted by work; None
+    outside the measured range."""
+    for (w0, r0), (w1, r1) in zip(curve, curve[1:]):
+        if min(r0, r1) <= rps <= max(r0, r1) and r0 != r1:
+            return w0 + (w1 - w0) * (r0 - rps) / (r0 - r1)
+    return None
+
+
+def bound(rows):
+    for conns in sorted({c for c, _ in rows}):
+        med = medians(rows, conns)
+        ngx = med.get("nginx-auto", (0,))[0]
+        print(f"\n{conns} connections (median of rounds)")
+        print("| target | req/s | p99 µs | CPU µs/req | × nginx-auto |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for name, (rps, _, p99, cpu) in med.items():
+            print(f"| {name} | {rps:,.0f} | {p99:,.0f} | {cpu:.2f} | {ratio(rps, ngx)} |")
+        curve = sorted((int(name[len("hyper+"):-len("ns")]), rps)
+                       for name, (rps, *_rest) in med.items() if name.startswith("hyper+"))
+        gw = med.get("gateway")
+        if not (gw and ngx and len(curve) > 1):
+            continue
+        said = lambda w: f"bare hyper + {w:,.0f} ns" if w is not None else "outside the measured range"
+        print(f"\nat {conns} connections the gateway serves as {said(work_at(curve, gw[0]))} per request; "
+              f"1.4 × nginx-auto ({1.4 * ngx:,.0f} req/s) is {said(work_at(curve, 1.4 * ngx))}")
+
+
 def instructions(path):
     counts = {}
     for line in open(path):
@@ -112,4 +142,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "instructions":
         instructions(sys.argv[2])
     else:
-        {"throughput": throughput, "pinned": pinned}[sys.argv[1]](read(sys.argv[2]))
+        {"throughput": throughput, "pinned": pinned, "bound": bound}[sys.argv[1]](read(sys.argv[2]))
