@@ -10,9 +10,11 @@
 //! listening socket — so the gateway can also be compared with a bare
 //! server built the same way.
 //!
-//! With `WORK_NS=N` in its environment each response first busy-waits N
-//! nanoseconds: a bare server that does N ns of work per request
-//! (`benches/load/run.sh bound`).
+//! With `WORK_NS=N` in its environment each response first runs a loop
+//! calibrated at startup to take N nanoseconds: a bare server that does N
+//! ns of work per request (`benches/load/run.sh bound`). A fixed count of
+//! iterations, not a wait on the clock, so a worker preempted in the middle
+//! still does all of it.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -33,15 +35,22 @@ fn main() -> std::io::Result<()> {
         None => Bytes::from_static(b"{\"status\":\"completed\"}"),
     };
     let per_thread = args.next().as_deref() == Some("per-thread");
-    let work = Duration::from_nanos(
-        std::env::var("WORK_NS")
-            .ok()
-            .and_then(|ns| ns.parse().ok())
-            .unwrap_or(0),
-    );
+    let work = match std::env::var("WORK_NS") {
+        Ok(ns) => ns.parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("WORK_NS must be a number of nanoseconds, not {ns:?}"),
+            )
+        })?,
+        Err(_) => 0,
+    };
+    let work = iterations_for(Duration::from_nanos(work));
     let listener = std::net::TcpListener::bind(&listen)?;
     listener.set_nonblocking(true)?;
-    println!("static server on http://{}", listener.local_addr()?);
+    println!(
+        "static server on http://{} ({work} iterations of work per request)",
+        listener.local_addr()?
+    );
     if !per_thread {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -65,11 +74,34 @@ fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-async fn accept(
-    listener: std::net::TcpListener,
-    body: Bytes,
-    work: Duration,
-) -> std::io::Result<()> {
+/// Busy work: `iterations` rounds of a loop the optimiser cannot remove.
+fn spin(iterations: u64) {
+    for i in 0..iterations {
+        std::hint::black_box(i);
+    }
+}
+
+/// How many iterations of [`spin`] take `work` on this machine (0 for none):
+/// the fastest of 20 probes, so a probe preempted by another process does
+/// not make it count fewer.
+fn iterations_for(work: Duration) -> u64 {
+    if work.is_zero() {
+        return 0;
+    }
+    const PROBE: u64 = 1_000_000;
+    let fastest = (0..20)
+        .map(|_| {
+            let start = Instant::now();
+            spin(PROBE);
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or(Duration::from_millis(1));
+    let per_iteration = fastest.as_secs_f64() / PROBE as f64;
+    (work.as_secs_f64() / per_iteration) as u64
+}
+
+async fn accept(listener: std::net::TcpListener, body: Bytes, work: u64) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
@@ -77,11 +109,8 @@ async fn accept(
         let body = body.clone();
         tokio::spawn(async move {
             let service = service_fn(move |_request: Request<Incoming>| {
-                if !work.is_zero() {
-                    let start = Instant::now();
-                    while start.elapsed() < work {
-                        std::hint::spin_loop();
-                    }
+                if work > 0 {
+                    spin(work);
                 }
                 let mut response = Response::new(Full::new(body.clone()));
                 response.headers_mut().insert(

@@ -512,13 +512,15 @@ bound() {
   start_nginx bound "$NGX_B" "$SIM_B" auto
   detail_body "$SIM_B"
   # name|port|whose CPU time is counted
-  local targets=("gateway|$GW_B|$gw_pid" "nginx-auto|$NGX_B|nginx:bound") next=30 work port
+  local targets=("gateway|$GW_B|$gw_pid" "nginx-auto|$NGX_B|nginx:bound") next=30 work port seen=" "
   for work in $BOUND_WORK; do
+    [[ $work =~ ^[0-9]+$ && $seen != *" $work "* ]] || { echo "BOUND_WORK: distinct whole numbers of ns, not $work" >&2; return 1; }
+    seen+="$work "
     port=$(port "$next"); next=$((next + 1))
     WORK_NS=$work "$STATIC" 127.0.0.1:"$port" "$WORK/body.json" >/dev/null & PIDS+=($!)
     targets+=("hyper+${work}ns|$port|$!"); wait_port "$port"
   done
-  local t name procs
+  local t name procs k round conns
   for t in "${targets[@]}"; do
     IFS='|' read -r name port _ <<<"$t"
     for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$port$DETAIL"; done
@@ -527,7 +529,10 @@ bound() {
   : > "$WORK/bound.txt"
   for round in $(seq 1 "$ROUNDS"); do
     for conns in $CONNS; do
-      for t in "${targets[@]}"; do
+      # A different target first each round, so drift within a round does
+      # not line up with the work.
+      for k in "${!targets[@]}"; do
+        t=${targets[$(((k + round - 1) % ${#targets[@]}))]}
         IFS='|' read -r name port procs <<<"$t"
         measure "$name" "$conns" "http://127.0.0.1:$port$DETAIL" "$procs" "$WORK/bound.txt" -H "Authorization: Bearer $CLIENT_KEY"
       done

@@ -95,14 +95,18 @@ def pinned(rows):
             per_round(rows, conns, "gateway", ref)
 
 
-def work_at(curve, rps):
-    """The work per request (ns) at which bare hyper + work serves rps, by
-    linear interpolation over (work, req/s) points sorted by work; None
-    outside the measured range."""
-    for (w0, r0), (w1, r1) in zip(curve, curve[1:]):
-        if min(r0, r1) <= rps <= max(r0, r1) and r0 != r1:
-            return w0 + (w1 - w0) * (r0 - rps) / (r0 - r1)
-    return None
+def fit(curve):
+    """Least squares of 1/req/s on the work per request over (work, req/s)
+    points: a server's time per request is its base cost plus the work, so
+    the line is straight, and one noisy point moves it less than it would
+    move an interpolation. Returns (intercept, slope, r²)."""
+    xs, ys = [w for w, _ in curve], [1 / r for _, r in curve]
+    mx, my = st.mean(xs), st.mean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    syy = sum((y - my) ** 2 for y in ys)
+    slope = sxy / sxx
+    return my - slope * mx, slope, (sxy * sxy / (sxx * syy) if syy else 1.0)
 
 
 def bound(rows):
@@ -117,11 +121,19 @@ def bound(rows):
         curve = sorted((int(name[len("hyper+"):-len("ns")]), rps)
                        for name, (rps, *_rest) in med.items() if name.startswith("hyper+"))
         gw = med.get("gateway")
-        if not (gw and ngx and len(curve) > 1):
+        if not (gw and ngx and len({w for w, _ in curve}) > 1):
             continue
-        said = lambda w: f"bare hyper + {w:,.0f} ns" if w is not None else "outside the measured range"
-        print(f"\nat {conns} connections the gateway serves as {said(work_at(curve, gw[0]))} per request; "
-              f"1.4 × nginx-auto ({1.4 * ngx:,.0f} req/s) is {said(work_at(curve, 1.4 * ngx))}")
+        base, per_ns, r2 = fit(curve)
+        if per_ns <= 0:
+            print(f"\nat {conns} connections req/s did not fall with the work: no fit")
+            continue
+        work = lambda rps: (1 / rps - base) / per_ns
+        gw_ns, target_ns = work(gw[0]), work(1.4 * ngx)
+        print(f"\nat {conns} connections (1/req/s fitted on the work, r² {r2:.3f}): the gateway "
+              f"serves as bare hyper + {gw_ns:,.0f} ns per request; 1.4 × nginx-auto "
+              f"({1.4 * ngx:,.0f} req/s) is bare hyper + {target_ns:,.0f} ns"
+              + (f", so the gateway's own work would have to fall by {1 - target_ns / gw_ns:.0%}"
+                 if gw_ns > 0 and target_ns < gw_ns else ""))
 
 
 def instructions(path):
