@@ -422,6 +422,30 @@ print(f"| one replica | {one:,.0f} |\n| two replicas (sum) | {two:,.0f} |\n| rat
 PY
 }
 
+# Interleaved wrk rounds of cache hits over targets "name|port|cpu-spec",
+# appended to FILE (every target warmed and checked to answer 200 first).
+# A different target goes first each round, so drift within a round does
+# not line up with one target.
+hit_rounds() { # file target...
+  local file=$1; shift
+  local targets=("$@") t name p procs k round conns
+  for t in "${targets[@]}"; do
+    IFS='|' read -r _ p _ <<<"$t"
+    for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$DETAIL"; done
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$DETAIL")" = 200 ]
+  done
+  : > "$file"
+  for round in $(seq 1 "$ROUNDS"); do
+    for conns in $CONNS; do
+      for k in "${!targets[@]}"; do
+        IFS='|' read -r name p procs <<<"${targets[$(((k + round - 1) % ${#targets[@]}))]}"
+        measure "$name" "$conns" "http://127.0.0.1:$p$DETAIL" "$procs" "$file" -H "Authorization: Bearer $CLIENT_KEY"
+      done
+    done
+    echo "   (round $round done)"
+  done
+}
+
 pinned() {
   say "pinned: each server on CPU 1 with one serving thread, wrk -t1 on CPU 0, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
   if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; then
@@ -436,22 +460,8 @@ pinned() {
   local targets=("gateway|$GW_PIN|$gw_pid" "ceiling|$CEIL_PIN|$ceil_pid")
   [ "$HAVE_NGINX" = 1 ] && { start_nginx pin "$NGX_PIN" "$SIM_PIN" 1; targets+=("nginx-1w|$NGX_PIN|nginx:pin"); }
   PIN=()
-  for t in "${targets[@]}"; do
-    IFS='|' read -r _ p _ <<<"$t"
-    for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$p$DETAIL"; done
-  done
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$GW_PIN$DETAIL")" = 200 ]
   WRK_PIN=(taskset -c 0); WRK_THREADS=1
-  : > "$WORK/pinned.txt"
-  for round in $(seq 1 "$ROUNDS"); do
-    for conns in $CONNS; do
-      for t in "${targets[@]}"; do
-        IFS='|' read -r name p procs <<<"$t"
-        measure "$name" "$conns" "http://127.0.0.1:$p$DETAIL" "$procs" "$WORK/pinned.txt" -H "Authorization: Bearer $CLIENT_KEY"
-      done
-    done
-    echo "   (round $round done)"
-  done
+  hit_rounds "$WORK/pinned.txt" "${targets[@]}"
   WRK_PIN=(); WRK_THREADS=2
   python3 "$ROOT/benches/load/summary.py" pinned "$WORK/pinned.txt"
 }
@@ -520,25 +530,7 @@ bound() {
     WORK_NS=$work "$STATIC" 127.0.0.1:"$port" "$WORK/body.json" >/dev/null & PIDS+=($!)
     targets+=("hyper+${work}ns|$port|$!"); wait_port "$port"
   done
-  local t name procs k round conns
-  for t in "${targets[@]}"; do
-    IFS='|' read -r name port _ <<<"$t"
-    for _ in 1 2; do curl -s -o /dev/null -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$port$DETAIL"; done
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $CLIENT_KEY" "http://127.0.0.1:$port$DETAIL")" = 200 ]
-  done
-  : > "$WORK/bound.txt"
-  for round in $(seq 1 "$ROUNDS"); do
-    for conns in $CONNS; do
-      # A different target first each round, so drift within a round does
-      # not line up with the work.
-      for k in "${!targets[@]}"; do
-        t=${targets[$(((k + round - 1) % ${#targets[@]}))]}
-        IFS='|' read -r name port procs <<<"$t"
-        measure "$name" "$conns" "http://127.0.0.1:$port$DETAIL" "$procs" "$WORK/bound.txt" -H "Authorization: Bearer $CLIENT_KEY"
-      done
-    done
-    echo "   (round $round done)"
-  done
+  hit_rounds "$WORK/bound.txt" "${targets[@]}"
   python3 "$ROOT/benches/load/summary.py" bound "$WORK/bound.txt"
 }
 
