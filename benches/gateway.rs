@@ -14,7 +14,7 @@
 //! `cargo bench --bench gateway`; numbers are in benches/RESULTS.md.
 
 // The gateway's allocator, so the figures are the server's.
-#[path = "../src/alloc.rs"]
+#[path = "../src/server/alloc.rs"]
 mod alloc;
 #[global_allocator]
 static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;

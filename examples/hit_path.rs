@@ -5,7 +5,7 @@
 //! `valgrind --tool=callgrind target/release/examples/hit_path 20000`
 
 // The gateway's allocator, so the figures are the server's.
-#[path = "../src/alloc.rs"]
+#[path = "../src/server/alloc.rs"]
 mod alloc;
 #[global_allocator]
 static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;

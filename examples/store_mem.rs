@@ -9,7 +9,7 @@ use mixpeek_gateway::cache::store::{Entry, Store};
 use mixpeek_gateway::cache::CacheKey;
 use std::time::Duration;
 // The gateway's allocator, so the figures are the server's.
-#[path = "../src/alloc.rs"]
+#[path = "../src/server/alloc.rs"]
 mod alloc;
 #[global_allocator]
 static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;

@@ -12,7 +12,6 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod balance;
 pub mod body;
 pub mod body_limit;
 pub mod cache;
@@ -21,7 +20,6 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod connections;
 pub mod demo;
 pub mod endpoints;
 pub mod error;
@@ -41,3 +39,6 @@ pub mod striped;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+
+// Old paths of modules that moved, until every import names the new one.
+pub use server::{balance, connections};

@@ -9,10 +9,10 @@ use mixpeek_gateway::cli::{Cli, Command};
 use mixpeek_gateway::config::{Config, LogFormat};
 use mixpeek_gateway::{demo, server, sim, stack, telemetry};
 
-#[path = "alloc.rs"]
+#[path = "server/alloc.rs"]
 mod alloc;
 
-/// mimalloc (see `alloc.rs`).
+/// mimalloc (see `server/alloc.rs`).
 #[global_allocator]
 static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
 
