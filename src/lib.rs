@@ -11,25 +11,19 @@
 //! Mixpeek API used by `demo`, the tests and the benchmarks.
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod body;
-pub mod body_limit;
 pub mod cache;
 pub mod cache_status;
-pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod endpoints;
 pub mod error;
-pub mod guard;
+pub mod layers;
 pub mod limits;
 pub mod metrics;
-pub mod namespace;
-pub mod observe;
 pub mod reload;
-pub mod request_id;
 pub mod server;
 pub mod shared;
 pub mod sim;
@@ -41,4 +35,5 @@ pub mod tls;
 pub mod upstream;
 
 // Old paths of modules that moved, until every import names the new one.
+pub use layers::{auth, body_limit, check, guard, namespace, observe, request_id};
 pub use server::{balance, connections};
