@@ -11,6 +11,7 @@
 //! Mixpeek API used by `demo`, the tests and the benchmarks.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod cache_status;
@@ -18,22 +19,20 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod endpoints;
 pub mod error;
 pub mod layers;
 pub mod limits;
 pub mod metrics;
-pub mod reload;
 pub mod server;
 pub mod shared;
 pub mod sim;
 pub mod stack;
-pub mod status;
 pub mod striped;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 
 // Old paths of modules that moved, until every import names the new one.
+pub use admin::{endpoints, reload, status};
 pub use layers::{auth, body_limit, check, guard, namespace, observe, request_id};
 pub use server::{balance, connections};

@@ -1,0 +1,13 @@
+//! Everything under `/_gateway/`: answered by the gateway itself, never
+//! forwarded.
+//!
+//! - [`endpoints`]: the layer that owns the prefix — `health`, `ready`, the
+//!   admin cache API (`DELETE /_gateway/cache…`) and a 404 for anything
+//!   else under it, however it is spelled;
+//! - [`metrics`]: `GET /_gateway/metrics`, the Prometheus text;
+//! - [`status`]: `GET /_gateway/status`, the operator's HTML page;
+//! - [`reload`]: `POST /_gateway/reload` (and SIGHUP): the clients swapped
+//!   in from the config file.
+pub mod endpoints;
+pub mod reload;
+pub mod status;
