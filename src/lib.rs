@@ -14,7 +14,6 @@
 pub mod admin;
 pub mod body;
 pub mod cache;
-pub mod cache_status;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -33,6 +32,7 @@ pub mod upstream;
 
 // Old paths of modules that moved, until every import names the new one.
 pub use admin::{endpoints, reload, status};
+pub use cache::status as cache_status;
 pub use layers::{auth, body_limit, check, guard, namespace, observe, request_id};
 pub use server::{balance, connections};
 pub use telemetry::metrics;

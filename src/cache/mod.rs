@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod policy;
 pub mod route;
 pub mod service;
+pub mod status;
 pub mod store;
 
 pub use key::CacheKey;
