@@ -1,0 +1,5 @@
+//! Scale-out on Redis: what several replicas share.
+
+pub mod connection;
+
+pub use connection::*;
