@@ -28,12 +28,3 @@ pub mod stack;
 pub mod striped;
 pub mod telemetry;
 pub mod upstream;
-
-// Old paths of modules that moved, until every import names the new one.
-pub use admin::{endpoints, reload, status};
-pub use cache::status as cache_status;
-pub use config::tls;
-pub use layers::{auth, body_limit, check, guard, namespace, observe, request_id};
-pub use redis as shared;
-pub use server::{balance, connections};
-pub use telemetry::metrics;

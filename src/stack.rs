@@ -15,20 +15,20 @@ use http::{Request, Response};
 use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder};
 
-use crate::auth::{Authenticate, ClientRegistry};
+use crate::admin::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
+use crate::admin::reload::{Clients, Reloader};
 use crate::body::BoxError;
-use crate::body_limit::BodyLimitLayer;
 use crate::cache::{CacheLayer, CacheState};
-use crate::check::CheckLayer;
 use crate::config::Config;
-use crate::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
 use crate::error;
-use crate::guard::RequestGuard;
+use crate::layers::auth::{Authenticate, ClientRegistry};
+use crate::layers::body_limit::BodyLimitLayer;
+use crate::layers::check::CheckLayer;
+use crate::layers::guard::RequestGuard;
+use crate::layers::namespace::ResolveNamespace;
+use crate::layers::observe::ObserveLayer;
 use crate::limits::{AuthFailureGuard, ClientLimitLayer, Limits, UpstreamGuardLayer};
-use crate::metrics::Metrics;
-use crate::namespace::ResolveNamespace;
-use crate::observe::ObserveLayer;
-use crate::reload::{Clients, Reloader};
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
 /// Everything the stack is built from, created once at startup.

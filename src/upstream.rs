@@ -32,11 +32,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_http::timeout::TimeoutBody;
 
 use crate::body::{self, Body, BoxError};
-use crate::cache_status::{CacheStatus, X_CACHE};
+use crate::cache::status::{CacheStatus, X_CACHE};
 use crate::config::{ApiKey, UpstreamConfig};
 use crate::error::GatewayError;
-use crate::namespace::{EffectiveNamespace, X_NAMESPACE};
-use crate::observe::RequestContext;
+use crate::layers::namespace::{EffectiveNamespace, X_NAMESPACE};
+use crate::layers::observe::RequestContext;
 
 /// The pooled HTTP client used for every upstream call.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
@@ -111,7 +111,7 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(10))));
-        let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+        let tls = crate::config::tls::client_config(config.ca_file.as_deref())?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -187,7 +187,7 @@ impl Upstream {
         // hop-by-hop (`Connection: x-request-id`).
         if let Some(id) = RequestContext::of(&parts.extensions).and_then(RequestContext::request_id)
         {
-            crate::request_id::set_if_absent(headers, id);
+            crate::layers::request_id::set_if_absent(headers, id);
         }
         headers.remove(header::HOST);
         headers.remove(header::EXPECT);
@@ -361,8 +361,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AuthenticatedClient;
     use crate::config::ClientConfig;
+    use crate::layers::auth::AuthenticatedClient;
 
     fn upstream(base: &str) -> Upstream {
         let config = UpstreamConfig {
@@ -396,8 +396,8 @@ mod tests {
             .body(body::empty())
             .unwrap();
         AuthenticatedClient(client).attach_to(&mut request);
-        use crate::check::Check;
-        crate::namespace::ResolveNamespace
+        use crate::layers::check::Check;
+        crate::layers::namespace::ResolveNamespace
             .check(&mut request)
             .unwrap();
         request

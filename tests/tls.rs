@@ -65,7 +65,7 @@ impl Pki {
 
     /// Terminates TLS on an ephemeral port and forwards the bytes to `backend`.
     async fn terminate_in_front_of(&self, backend: std::net::SocketAddr) -> std::net::SocketAddr {
-        let config = mixpeek_gateway::tls::server_config(
+        let config = mixpeek_gateway::config::tls::server_config(
             &self.dir.join("cert.pem"),
             &self.dir.join("key.pem"),
         )

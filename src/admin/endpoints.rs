@@ -21,14 +21,14 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use crate::auth::bearer_token;
+use crate::admin::reload::{Clients, Reloader};
+use crate::admin::status::StatusFigures;
 use crate::body::{self, Body, BoxError};
 use crate::cache::route::canonicalize;
 use crate::cache::CacheState;
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
-use crate::reload::{Clients, Reloader};
-use crate::status::StatusFigures;
+use crate::layers::auth::bearer_token;
+use crate::telemetry::metrics::Metrics;
 
 /// The prefix no upstream route may use.
 pub const PREFIX: &str = "/_gateway/";
@@ -326,7 +326,7 @@ mod tests {
         let limits = crate::limits::Limits::new(&config);
         let config = Arc::new(config);
         let clients: Clients = Arc::new(arc_swap::ArcSwap::from_pointee(
-            crate::auth::ClientRegistry::new(config.clients.iter().cloned()),
+            crate::layers::auth::ClientRegistry::new(config.clients.iter().cloned()),
         ));
         let endpoints = Endpoints {
             readiness,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::auth::ClientRegistry;
 use crate::config::{Config, ConfigError};
+use crate::layers::auth::ClientRegistry;
 use crate::limits::SharedClientLimits;
 
 /// The clients in force, swappable while requests read them.

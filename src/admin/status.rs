@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::cache::CacheState;
-use crate::metrics::{ClientLabel, Metrics};
+use crate::telemetry::metrics::{ClientLabel, Metrics};
 
 /// The figures the page shows, read at request time.
 #[derive(Debug, Clone, PartialEq)]

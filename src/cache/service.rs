@@ -45,12 +45,12 @@ use super::policy;
 use super::route::{self, Route};
 use super::store::{Entry, Store};
 use crate::body::{self, Body, BoxError};
-use crate::cache_status::{CacheStatus, X_CACHE, X_CACHE_TIER};
+use crate::cache::status::{CacheStatus, X_CACHE, X_CACHE_TIER};
 use crate::config::Config;
 use crate::error::{classify, GatewayError};
-use crate::namespace::EffectiveNamespace;
-use crate::observe::RequestContext;
-use crate::shared::{Invalidation, Lease, Shared, SharedEntry, Waited};
+use crate::layers::namespace::EffectiveNamespace;
+use crate::layers::observe::RequestContext;
+use crate::redis::{Invalidation, Lease, Shared, SharedEntry, Waited};
 
 /// Largest response body shared between coalesced requests or cached
 /// (16 MiB). Larger ones stream to the request that fetched them.
@@ -387,10 +387,10 @@ where
         let route = route::classify(request.method(), request.uri().path());
         if let Some(context) = RequestContext::of(request.extensions()) {
             context.observed().set_route(match route {
-                Route::Detail { .. } => crate::metrics::RouteClass::Detail,
-                Route::List { .. } => crate::metrics::RouteClass::List,
+                Route::Detail { .. } => crate::telemetry::metrics::RouteClass::Detail,
+                Route::List { .. } => crate::telemetry::metrics::RouteClass::List,
                 Route::Invalidate { .. } | Route::PassThrough => {
-                    crate::metrics::RouteClass::Passthrough
+                    crate::telemetry::metrics::RouteClass::Passthrough
                 }
             });
         }

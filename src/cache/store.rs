@@ -17,7 +17,7 @@ use moka::Expiry;
 use super::key::{BodyKey, CacheKey, DetailKey};
 use super::route::is_at_or_below;
 use crate::body::{self, Body};
-use crate::cache_status::{CacheStatus, X_CACHE};
+use crate::cache::status::{CacheStatus, X_CACHE};
 use crate::clock;
 
 /// Fixed per-entry overhead counted by the weigher: moka's nodes, the

@@ -702,7 +702,7 @@ impl RawServer {
         };
         if let Some(files) = &tls {
             // Fail at startup (and in check-config), not at the first handshake.
-            crate::tls::server_config(&files.cert_file, &files.key_file)?;
+            crate::config::tls::server_config(&files.cert_file, &files.key_file)?;
         }
         let admin_key_sha256 = self
             .admin_key_sha256
@@ -773,7 +773,7 @@ impl RawUpstream {
             ));
         }
         if let Some(path) = &self.ca_file {
-            crate::tls::load_certs(path, "upstream.ca_file")?;
+            crate::config::tls::load_certs(path, "upstream.ca_file")?;
         }
         let max_requests_per_second = self
             .max_requests_per_second

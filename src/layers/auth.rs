@@ -24,12 +24,12 @@ use http::{header, Request};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::check::Check;
+use crate::admin::reload::Clients;
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
-use crate::metrics::ClientLabel;
-use crate::observe::RequestContext;
-use crate::reload::Clients;
+use crate::layers::check::Check;
+use crate::layers::observe::RequestContext;
+use crate::telemetry::metrics::ClientLabel;
 
 /// The client a request was authenticated as (kept in its
 /// [`RequestContext`]).

@@ -14,8 +14,8 @@
 use http::{header, Method, Request};
 use percent_encoding::percent_decode_str;
 
-use crate::check::Check;
 use crate::error::GatewayError;
+use crate::layers::check::Check;
 
 /// The request guard.
 #[derive(Clone, Copy, Debug, Default)]

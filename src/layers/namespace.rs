@@ -14,11 +14,11 @@ use std::sync::Arc;
 use http::header::HeaderName;
 use http::Request;
 
-use crate::auth::AuthenticatedClient;
-use crate::check::Check;
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
-use crate::observe::RequestContext;
+use crate::layers::auth::AuthenticatedClient;
+use crate::layers::check::Check;
+use crate::layers::observe::RequestContext;
 
 /// The `X-Namespace` header.
 pub static X_NAMESPACE: HeaderName = HeaderName::from_static("x-namespace");

@@ -28,12 +28,12 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::future::Future;
 use tower::{Layer, Service};
 
-use crate::auth::AuthenticatedClient;
 use crate::body::{Body, BoxError};
-use crate::cache_status::X_CACHE;
-use crate::metrics::{CacheOutcome, ClientLabel, Finished, Metrics, RouteClass};
-use crate::namespace::EffectiveNamespace;
-use crate::request_id::MakeRequestIds;
+use crate::cache::status::X_CACHE;
+use crate::layers::auth::AuthenticatedClient;
+use crate::layers::namespace::EffectiveNamespace;
+use crate::layers::request_id::MakeRequestIds;
+use crate::telemetry::metrics::{CacheOutcome, ClientLabel, Finished, Metrics, RouteClass};
 
 /// What the layers learn about a request, in its one request extension:
 /// the server creates it with the peer's address (the observe layer when
@@ -266,7 +266,11 @@ where
         let context = RequestContext::attach(&mut request);
         context.set_request_id(request_id.clone());
         let observed = context.observed().clone();
-        if request.uri().path().starts_with(crate::endpoints::PREFIX) {
+        if request
+            .uri()
+            .path()
+            .starts_with(crate::admin::endpoints::PREFIX)
+        {
             observed.set_route(RouteClass::Gateway);
         }
         self.metrics.started();
@@ -305,7 +309,7 @@ where
         let pending = Pending(this.pending.0.take());
         if let Some(state) = &pending.0 {
             // The upstream's own id, when it sent one, is left as is.
-            crate::request_id::set_if_absent(response.headers_mut(), &state.request_id);
+            crate::layers::request_id::set_if_absent(response.headers_mut(), &state.request_id);
         }
         let status = response.status().as_u16();
         let outcome = CacheOutcome::from_header(response.headers().get(&X_CACHE));

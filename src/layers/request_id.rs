@@ -6,7 +6,7 @@
 //! that thread's counter: ids are unique (a 64-bit random prefix per
 //! thread), unpredictable across threads and processes, and cost no syscall
 //! and no atomic shared between cores. The observe layer assigns the id and
-//! returns it on every response (see [`crate::observe`]).
+//! returns it on every response (see [`crate::layers::observe`]).
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};

@@ -27,9 +27,9 @@ use tokio::time::Instant;
 
 use super::client::ceil_secs;
 use super::metrics::{LimitMetrics, Reason};
-use crate::check::Check;
 use crate::error::GatewayError;
-use crate::observe::RequestContext;
+use crate::layers::check::Check;
+use crate::layers::observe::RequestContext;
 
 /// The window failures are counted in.
 pub const WINDOW: Duration = Duration::from_secs(60);

@@ -47,11 +47,11 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::metrics::{LimitMetrics, Reason};
-use crate::auth::AuthenticatedClient;
 use crate::body::{Body, BoxError};
 use crate::config::{ClientConfig, FailMode, RateLimit};
 use crate::error::{self, GatewayError};
-use crate::shared::{Bucket, Shared};
+use crate::layers::auth::AuthenticatedClient;
+use crate::redis::{Bucket, Shared};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");

@@ -35,11 +35,11 @@ use tower::{Layer, Service};
 
 use super::client::ceil_secs;
 use super::metrics::{LimitMetrics, Reason};
-use crate::auth::AuthenticatedClient;
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
-use crate::shared::{Bucket, Shared};
+use crate::layers::auth::AuthenticatedClient;
+use crate::redis::{Bucket, Shared};
 
 /// Pause after an upstream 429 that names no (readable) `Retry-After`.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);

@@ -18,11 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::balance::{Handoff, Load, WorkerLoads};
 use crate::body::BoxError;
 use crate::config::Config;
-use crate::connections::{Connection, Connections};
-use crate::observe::RequestContext;
+use crate::layers::observe::RequestContext;
+use crate::server::balance::{Handoff, Load, WorkerLoads};
+use crate::server::connections::{Connection, Connections};
 use crate::stack::{self, AppState};
 
 /// Readiness events one thread of the work-stealing runtime takes from the
@@ -44,7 +44,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections are served by `server.workers` threads, each running its own
 /// single-threaded runtime and accepting from the same listening socket —
 /// the nginx/Envoy worker model: the accepting worker deals each connection
-/// to the worker serving the fewest ([`crate::balance`]), where it stays,
+/// to the worker serving the fewest ([`crate::server::balance`]), where it stays,
 /// so its requests never hop between cores. Tasks a request
 /// spawns (an upstream call shared by waiters) run on its thread too; the
 /// calling runtime keeps the signal handling and background work.
@@ -63,7 +63,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let tls = match &state.config.server.tls {
         Some(files) => Some(TlsAcceptor::from(
-            crate::tls::server_config(&files.cert_file, &files.key_file)
+            crate::config::tls::server_config(&files.cert_file, &files.key_file)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
         )),
         None => None,
@@ -551,7 +551,7 @@ async fn spawn_state(state: AppState) -> Result<RunningGateway, BoxError> {
 }
 
 /// Reloads the clients on every SIGHUP, for the life of the process.
-pub fn reload_on_sighup(reloader: std::sync::Arc<crate::reload::Reloader>) {
+pub fn reload_on_sighup(reloader: std::sync::Arc<crate::admin::reload::Reloader>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};

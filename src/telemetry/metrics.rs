@@ -20,9 +20,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
-use crate::balance::WorkerLoads;
 use crate::cache::CacheState;
 use crate::limits::{LimitMetrics, Limits};
+use crate::server::balance::WorkerLoads;
 use crate::striped::{StripedCells, StripedU64};
 
 /// A counter bumped on every request: striped per worker thread, so two
