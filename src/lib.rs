@@ -17,6 +17,7 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod error;
 pub mod layers;

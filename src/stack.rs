@@ -16,11 +16,12 @@ use tower::timeout::TimeoutLayer;
 use tower::{Service, ServiceBuilder};
 
 use crate::admin::endpoints::{Endpoints, GatewayEndpointsLayer, Readiness};
-use crate::admin::reload::{Clients, Reloader};
+use crate::admin::reload::Reloader;
 use crate::body::BoxError;
 use crate::cache::{CacheLayer, CacheState};
 use crate::config::Config;
 use crate::error;
+use crate::layers::auth::Clients;
 use crate::layers::auth::{Authenticate, ClientRegistry};
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::check::CheckLayer;

@@ -34,9 +34,9 @@ use tower_http::timeout::TimeoutBody;
 use crate::body::{self, Body, BoxError};
 use crate::cache::status::{CacheStatus, X_CACHE};
 use crate::config::{ApiKey, UpstreamConfig};
+use crate::context::RequestContext;
+use crate::context::{EffectiveNamespace, X_NAMESPACE};
 use crate::error::GatewayError;
-use crate::layers::namespace::{EffectiveNamespace, X_NAMESPACE};
-use crate::layers::observe::RequestContext;
 
 /// The pooled HTTP client used for every upstream call.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
@@ -187,7 +187,7 @@ impl Upstream {
         // hop-by-hop (`Connection: x-request-id`).
         if let Some(id) = RequestContext::of(&parts.extensions).and_then(RequestContext::request_id)
         {
-            crate::layers::request_id::set_if_absent(headers, id);
+            crate::context::set_request_id_if_absent(headers, id);
         }
         headers.remove(header::HOST);
         headers.remove(header::EXPECT);
@@ -362,7 +362,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::config::ClientConfig;
-    use crate::layers::auth::AuthenticatedClient;
+    use crate::context::AuthenticatedClient;
 
     fn upstream(base: &str) -> Upstream {
         let config = UpstreamConfig {
@@ -395,11 +395,9 @@ mod tests {
             .header("x-request-id", "abc")
             .body(body::empty())
             .unwrap();
+        let namespace = EffectiveNamespace::new(client.clone(), 0).unwrap();
         AuthenticatedClient(client).attach_to(&mut request);
-        use crate::layers::check::Check;
-        crate::layers::namespace::ResolveNamespace
-            .check(&mut request)
-            .unwrap();
+        RequestContext::attach(&mut request).set_namespace(namespace);
         request
     }
 

@@ -21,17 +21,15 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use crate::admin::reload::{Clients, Reloader};
+use crate::admin::reload::Reloader;
 use crate::admin::status::StatusFigures;
 use crate::body::{self, Body, BoxError};
 use crate::cache::route::canonicalize;
 use crate::cache::CacheState;
 use crate::error::GatewayError;
 use crate::layers::auth::bearer_token;
+use crate::layers::auth::Clients;
 use crate::telemetry::metrics::Metrics;
-
-/// The prefix no upstream route may use.
-pub const PREFIX: &str = "/_gateway/";
 
 /// Whether the gateway should receive traffic; cleared when shutdown begins.
 #[derive(Clone, Debug)]

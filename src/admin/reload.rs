@@ -9,14 +9,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::config::{Config, ConfigError};
-use crate::layers::auth::ClientRegistry;
+use crate::layers::auth::{ClientRegistry, Clients};
 use crate::limits::SharedClientLimits;
-
-/// The clients in force, swappable while requests read them.
-pub type Clients = Arc<ArcSwap<ClientRegistry>>;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]

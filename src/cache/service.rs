@@ -47,9 +47,9 @@ use super::store::{Entry, Store};
 use crate::body::{self, Body, BoxError};
 use crate::cache::status::{CacheStatus, X_CACHE, X_CACHE_TIER};
 use crate::config::Config;
+use crate::context::EffectiveNamespace;
+use crate::context::RequestContext;
 use crate::error::{classify, GatewayError};
-use crate::layers::namespace::EffectiveNamespace;
-use crate::layers::observe::RequestContext;
 use crate::redis::{Invalidation, Lease, Shared, SharedEntry, Waited};
 
 /// Largest response body shared between coalesced requests or cached

@@ -24,29 +24,17 @@ use http::{header, Request};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::admin::reload::Clients;
+use arc_swap::ArcSwap;
+
 use crate::config::ClientConfig;
+use crate::context::{AuthenticatedClient, RequestContext};
 use crate::error::GatewayError;
 use crate::layers::check::Check;
-use crate::layers::observe::RequestContext;
 use crate::telemetry::metrics::ClientLabel;
 
-/// The client a request was authenticated as (kept in its
-/// [`RequestContext`]).
-#[derive(Clone, Debug)]
-pub struct AuthenticatedClient(pub Arc<ClientConfig>);
-
-impl AuthenticatedClient {
-    /// The caller of `request`, once authenticated.
-    pub fn of<B>(request: &Request<B>) -> Option<&Self> {
-        RequestContext::of(request.extensions())?.caller()
-    }
-
-    /// Records `self` as the caller of `request`.
-    pub fn attach_to<B>(self, request: &mut Request<B>) {
-        RequestContext::attach(request).set_caller(self);
-    }
-}
+/// The clients in force, swappable while requests read them (a reload
+/// swaps in a new registry).
+pub type Clients = Arc<ArcSwap<ClientRegistry>>;
 
 /// The configured clients, looked up by the digest of their key.
 #[derive(Debug, Default)]

@@ -9,46 +9,11 @@
 //! always carries it as `X-Namespace`, and every cache and flight key
 //! includes it.
 
-use std::sync::Arc;
-
-use http::header::HeaderName;
 use http::Request;
 
-use crate::config::ClientConfig;
+use crate::context::{AuthenticatedClient, EffectiveNamespace, RequestContext, X_NAMESPACE};
 use crate::error::GatewayError;
-use crate::layers::auth::AuthenticatedClient;
 use crate::layers::check::Check;
-use crate::layers::observe::RequestContext;
-
-/// The `X-Namespace` header.
-pub static X_NAMESPACE: HeaderName = HeaderName::from_static("x-namespace");
-
-/// The namespace a request acts in (kept in its [`RequestContext`]).
-///
-/// It is always one of the client's allowed namespaces, so it is kept as an
-/// index into that list instead of a copy of the string.
-#[derive(Clone, Debug)]
-pub struct EffectiveNamespace {
-    client: Arc<ClientConfig>,
-    index: usize,
-}
-
-impl EffectiveNamespace {
-    /// The namespace `request` acts in, once resolved.
-    pub fn of(extensions: &http::Extensions) -> Option<&Self> {
-        RequestContext::of(extensions)?.namespace()
-    }
-
-    /// The namespace.
-    pub fn as_str(&self) -> &str {
-        &self.client.allowed_namespaces[self.index]
-    }
-
-    /// The namespace, shared (no copy).
-    pub fn shared(&self) -> std::sync::Arc<str> {
-        self.client.allowed_namespaces[self.index].clone()
-    }
-}
 
 /// The namespace [`Check`], below authentication.
 #[derive(Clone, Copy, Debug, Default)]
@@ -117,7 +82,8 @@ fn resolve<B>(request: &Request<B>) -> Result<EffectiveNamespace, GatewayError> 
 
     // Index 0 is the client's configured `namespace`.
     let index = from_header.or(from_query).unwrap_or(0);
-    Ok(EffectiveNamespace { client, index })
+    EffectiveNamespace::new(client, index)
+        .ok_or(GatewayError::Internal("the client has no namespace"))
 }
 
 /// Keeps error messages short whatever a client sends.
@@ -131,6 +97,8 @@ fn truncate(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClientConfig;
+    use std::sync::Arc;
 
     fn client() -> AuthenticatedClient {
         AuthenticatedClient(Arc::new(ClientConfig {

@@ -15,149 +15,22 @@
 //! request extension: the cache-hit path pays for every layer and every
 //! extension (see benches/RESULTS.md).
 
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Extensions, HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::future::Future;
 use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
 use crate::cache::status::X_CACHE;
-use crate::layers::auth::AuthenticatedClient;
-use crate::layers::namespace::EffectiveNamespace;
+use crate::context::{Observed, RequestContext};
 use crate::layers::request_id::MakeRequestIds;
-use crate::telemetry::metrics::{CacheOutcome, ClientLabel, Finished, Metrics, RouteClass};
-
-/// What the layers learn about a request, in its one request extension:
-/// the server creates it with the peer's address (the observe layer when
-/// there is none: in-process callers); authentication adds the caller,
-/// namespace resolution the namespace, and the layers below what the
-/// access log reports ([`Observed`]). One extension instead of one per
-/// fact: each insert into a request's extension map is a boxed allocation,
-/// and a fourth one rehashes the map, on every request.
-#[derive(Clone, Debug, Default)]
-pub struct RequestContext {
-    peer: Option<SocketAddr>,
-    request_id: Option<HeaderValue>,
-    caller: Option<AuthenticatedClient>,
-    namespace: Option<EffectiveNamespace>,
-    observed: Arc<Observed>,
-}
-
-impl RequestContext {
-    /// The context of a request from `peer`.
-    pub fn with_peer(peer: SocketAddr) -> Self {
-        Self {
-            peer: Some(peer),
-            ..Self::default()
-        }
-    }
-
-    /// The context of a request, if it has one.
-    pub fn of(extensions: &Extensions) -> Option<&Self> {
-        extensions.get::<Self>()
-    }
-
-    /// The context of a request, attached first if it has none.
-    pub fn attach<B>(request: &mut Request<B>) -> &mut Self {
-        request.extensions_mut().get_or_insert_default::<Self>()
-    }
-
-    /// The address the request came from; `None` in process.
-    pub fn peer(&self) -> Option<SocketAddr> {
-        self.peer
-    }
-
-    /// The request's `X-Request-Id`, once assigned; when the client did
-    /// not send a sane one, it is not in the request's headers.
-    pub fn request_id(&self) -> Option<&HeaderValue> {
-        self.request_id.as_ref()
-    }
-
-    /// Records the request's `X-Request-Id`.
-    pub fn set_request_id(&mut self, id: HeaderValue) {
-        self.request_id = Some(id);
-    }
-
-    /// Records who is calling.
-    pub fn set_caller(&mut self, caller: AuthenticatedClient) {
-        self.caller = Some(caller);
-    }
-
-    /// Who is calling, once authenticated.
-    pub fn caller(&self) -> Option<&AuthenticatedClient> {
-        self.caller.as_ref()
-    }
-
-    /// Records the namespace the request acts in.
-    pub fn set_namespace(&mut self, namespace: EffectiveNamespace) {
-        self.namespace = Some(namespace);
-    }
-
-    /// The namespace the request acts in, once resolved.
-    pub fn namespace(&self) -> Option<&EffectiveNamespace> {
-        self.namespace.as_ref()
-    }
-
-    /// What the access log and metrics will report, shared with the
-    /// observe layer (which outlives the request).
-    pub fn observed(&self) -> &Arc<Observed> {
-        &self.observed
-    }
-}
-
-/// What the observe layer reports about a request, filled in by the
-/// layers below it while the request travels.
-#[derive(Debug, Default)]
-pub struct Observed {
-    client: OnceLock<ClientLabel>,
-    route: AtomicU8,
-    upstream_status: AtomicU16,
-    upstream_micros: AtomicU64,
-}
-
-impl Observed {
-    /// Records the authenticated client.
-    pub fn set_client(&self, label: &ClientLabel) {
-        let _ = self.client.set(label.clone());
-    }
-
-    /// Records the route class.
-    pub fn set_route(&self, route: RouteClass) {
-        self.route.store(route as u8 + 1, Ordering::Relaxed);
-    }
-
-    /// Records the upstream call this request made (status 0: no response).
-    pub fn set_upstream(&self, status: u16, latency: Duration) {
-        self.upstream_micros.store(
-            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        self.upstream_status.store(status, Ordering::Relaxed);
-    }
-
-    fn route(&self) -> RouteClass {
-        match self.route.load(Ordering::Relaxed) {
-            1 => RouteClass::Detail,
-            2 => RouteClass::List,
-            4 => RouteClass::Gateway,
-            _ => RouteClass::Passthrough,
-        }
-    }
-
-    fn upstream(&self) -> Option<(u16, Duration)> {
-        let micros = self.upstream_micros.load(Ordering::Relaxed);
-        let status = self.upstream_status.load(Ordering::Relaxed);
-        (micros > 0 || status > 0).then(|| (status, Duration::from_micros(micros)))
-    }
-}
+use crate::telemetry::metrics::{CacheOutcome, Finished, Metrics, RouteClass};
 
 /// Layer for [`Observe`].
 #[derive(Clone, Debug)]
@@ -269,7 +142,7 @@ where
         if request
             .uri()
             .path()
-            .starts_with(crate::admin::endpoints::PREFIX)
+            .starts_with(crate::context::GATEWAY_PREFIX)
         {
             observed.set_route(RouteClass::Gateway);
         }
@@ -309,7 +182,7 @@ where
         let pending = Pending(this.pending.0.take());
         if let Some(state) = &pending.0 {
             // The upstream's own id, when it sent one, is left as is.
-            crate::layers::request_id::set_if_absent(response.headers_mut(), &state.request_id);
+            crate::context::set_request_id_if_absent(response.headers_mut(), &state.request_id);
         }
         let status = response.status().as_u16();
         let outcome = CacheOutcome::from_header(response.headers().get(&X_CACHE));
@@ -350,7 +223,7 @@ fn record(state: PendingState, status: u16, outcome: CacheOutcome, completed: bo
     } = state;
     {
         let finished = Finished {
-            client: context.client.get().unwrap_or_else(|| metrics.anonymous()),
+            client: context.client().unwrap_or_else(|| metrics.anonymous()),
             route: context.route(),
             status,
             outcome,

@@ -11,8 +11,9 @@
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 
-use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
+
+use crate::context::X_REQUEST_ID_NAME;
 
 /// Generates request ids: 32 hex digits, a per-thread random prefix and
 /// that thread's sequence number.
@@ -67,7 +68,7 @@ impl MakeRequestIds {
     /// (`is_sane`) and stays on the request; otherwise a fresh one, and
     /// any insane header is removed. A fresh id is not written into the
     /// request here: only a request that goes upstream needs it there
-    /// ([`set_if_absent`]), a cache hit does not.
+    /// ([`crate::context::set_request_id_if_absent`]), a cache hit does not.
     pub fn assign(&self, headers: &mut HeaderMap) -> HeaderValue {
         let mut values = headers.get_all(&X_REQUEST_ID_NAME).iter();
         match (values.next(), values.next()) {
@@ -81,14 +82,6 @@ impl MakeRequestIds {
     }
 }
 
-/// Sets `id` as the `X-Request-Id` of `headers` unless they have one.
-pub fn set_if_absent(headers: &mut HeaderMap, id: &HeaderValue) {
-    // One probe of the map, not a lookup and then an insert.
-    if let http::header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID_NAME) {
-        slot.insert(id.clone());
-    }
-}
-
 /// Whether a client's `X-Request-Id` is kept: a sane token (1 to 128 of
 /// `A-Z a-z 0-9 - _ . :`), since the value ends up in logs and upstream
 /// requests. Anything else (or more than one) is replaced.
@@ -99,15 +92,10 @@ fn is_sane(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// The `X-Request-Id` header.
-pub const X_REQUEST_ID: &str = "x-request-id";
-
-/// The `X-Request-Id` header name, parsed once.
-pub const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::X_REQUEST_ID;
 
     #[test]
     fn insane_ids_are_not_kept() {
@@ -155,7 +143,7 @@ mod tests {
             // Nothing of the client's is left; the fresh id goes on when
             // the request goes upstream.
             assert!(!headers.contains_key(X_REQUEST_ID));
-            set_if_absent(&mut headers, &id);
+            crate::context::set_request_id_if_absent(&mut headers, &id);
             assert_eq!(
                 headers.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(),
                 [&id]

@@ -27,9 +27,9 @@ use tokio::time::Instant;
 
 use super::client::ceil_secs;
 use super::metrics::{LimitMetrics, Reason};
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::layers::check::Check;
-use crate::layers::observe::RequestContext;
 
 /// The window failures are counted in.
 pub const WINDOW: Duration = Duration::from_secs(60);

@@ -49,8 +49,8 @@ use tower::{Layer, Service};
 use super::metrics::{LimitMetrics, Reason};
 use crate::body::{Body, BoxError};
 use crate::config::{ClientConfig, FailMode, RateLimit};
+use crate::context::AuthenticatedClient;
 use crate::error::{self, GatewayError};
-use crate::layers::auth::AuthenticatedClient;
 use crate::redis::{Bucket, Shared};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).

@@ -37,8 +37,8 @@ use super::client::ceil_secs;
 use super::metrics::{LimitMetrics, Reason};
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
+use crate::context::AuthenticatedClient;
 use crate::error::GatewayError;
-use crate::layers::auth::AuthenticatedClient;
 use crate::redis::{Bucket, Shared};
 
 /// Pause after an upstream 429 that names no (readable) `Retry-After`.

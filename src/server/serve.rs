@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::BoxError;
 use crate::config::Config;
-use crate::layers::observe::RequestContext;
+use crate::context::RequestContext;
 use crate::server::balance::{Handoff, Load, WorkerLoads};
 use crate::server::connections::{Connection, Connections};
 use crate::stack::{self, AppState};
