@@ -32,7 +32,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_http::timeout::TimeoutBody;
 
 use crate::body::{self, Body, BoxError};
-use crate::cache::status::{CacheStatus, X_CACHE};
 use crate::config::{ApiKey, UpstreamConfig};
 use crate::context::RequestContext;
 use crate::context::{EffectiveNamespace, X_NAMESPACE};
@@ -315,9 +314,8 @@ fn backoff() -> Duration {
     RETRY_BACKOFF + Duration::from_millis(random % RETRY_JITTER_MS)
 }
 
-/// Prepares an upstream response for the client: hop-by-hop headers out,
-/// `X-Cache: BYPASS` in (the cache layer overrides it on cached routes), and
-/// a body that fails if upstream goes silent for `body_idle` mid-stream, so
+/// Prepares an upstream response for the client: hop-by-hop headers out
+/// (the cache layer adds `X-Cache`), and a body that fails if upstream goes silent for `body_idle` mid-stream, so
 /// a stalled upstream can never hold a client forever.
 fn finish(
     result: Result<Response<Incoming>, legacy::Error>,
@@ -326,7 +324,6 @@ fn finish(
     let mut response = result?;
     let headers = response.headers_mut();
     remove_hop_by_hop(headers);
-    headers.insert(X_CACHE.clone(), CacheStatus::Bypass.header_value());
     Ok(response.map(|incoming| body::boxed(TimeoutBody::new(body_idle, incoming))))
 }
 

@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::{BoxFuture, Either, TryFutureExt};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
@@ -544,14 +544,23 @@ where
     Ok(response)
 }
 
-/// Calls the service below. A plain function returning a boxed future on
-/// purpose: awaiting `Oneshot` directly inside the async functions here
-/// trips a rustc limitation with higher-ranked lifetimes in `dyn Error`.
+/// Calls the service below. Its answer says `X-Cache: BYPASS` (upstream's
+/// own `X-Cache`, if any, is replaced) until the caller marks it otherwise:
+/// the cache's statement about a response is the cache layer's to make, and
+/// every upstream call passes through here. A plain function returning a
+/// boxed future on purpose: awaiting `Oneshot` directly inside the async
+/// functions here trips a rustc limitation with higher-ranked lifetimes in
+/// `dyn Error`.
 fn send(
     inner: Inner,
     request: Request<Body>,
 ) -> BoxFuture<'static, Result<Response<Body>, BoxError>> {
-    Box::pin(inner.oneshot(request))
+    Box::pin(inner.oneshot(request).map_ok(|mut response| {
+        response
+            .headers_mut()
+            .insert(X_CACHE.clone(), CacheStatus::Bypass.header_value());
+        response
+    }))
 }
 
 /// The request a flight (or a lone retry) sends: the client's head without
