@@ -73,7 +73,7 @@ impl AppState {
         if let Some(shared) = &cache.shared {
             limits.upstream.share_rate(shared.clone());
         }
-        let metrics = Arc::new(Metrics::new(cache.clone(), limits.clone()));
+        let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
         let reloader = Arc::new(Reloader::new(
             path,
@@ -129,6 +129,7 @@ where
             admin_key_sha256: state.config.server.admin_key_sha256,
             cache: state.cache.clone(),
             metrics: state.metrics.clone(),
+            limits: state.limits.clone(),
             reloader: state.reloader.clone(),
             clients: state.clients.clone(),
             started: state.started,

@@ -29,6 +29,7 @@ use crate::cache::CacheState;
 use crate::error::GatewayError;
 use crate::layers::auth::bearer_token;
 use crate::layers::auth::Clients;
+use crate::limits::Limits;
 use crate::telemetry::metrics::Metrics;
 
 /// Whether the gateway should receive traffic; cleared when shutdown begins.
@@ -69,6 +70,8 @@ pub struct Endpoints {
     pub cache: Arc<CacheState>,
     /// What `/_gateway/metrics` serves.
     pub metrics: Arc<Metrics>,
+    /// The limits, whose figures the metrics and the status page show.
+    pub limits: Arc<Limits>,
     /// Reloads the clients (`POST /_gateway/reload`).
     pub reloader: Arc<Reloader>,
     /// The clients in force, for the status page.
@@ -162,7 +165,7 @@ impl Endpoints {
             &self.cache,
             &self.metrics,
             labels,
-            self.metrics.upstream_paused_for(),
+            self.limits.upstream.paused_for(),
         );
         let mut response = Response::new(body::full(figures.html()));
         let headers = response.headers_mut();
@@ -254,7 +257,11 @@ where
                 Ok(json(StatusCode::OK, r#"{"status":"ready"}"#))
             }
             "/_gateway/metrics" if is_read => {
-                let mut response = Response::new(body::full(self.endpoints.metrics.encode()));
+                let mut response = Response::new(body::full(crate::admin::metrics::scrape(
+                    &self.endpoints.metrics,
+                    &self.endpoints.cache,
+                    &self.endpoints.limits,
+                )));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -329,7 +336,8 @@ mod tests {
         let endpoints = Endpoints {
             readiness,
             admin_key_sha256: None,
-            metrics: Arc::new(Metrics::new(cache.clone(), limits.clone())),
+            metrics: Arc::new(Metrics::new()),
+            limits: limits.clone(),
             cache,
             reloader: Arc::new(Reloader::new(
                 None,

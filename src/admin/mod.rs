@@ -9,5 +9,6 @@
 //! - [`reload`]: `POST /_gateway/reload` (and SIGHUP): the clients swapped
 //!   in from the config file.
 pub mod endpoints;
+pub mod metrics;
 pub mod reload;
 pub mod status;

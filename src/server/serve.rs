@@ -84,7 +84,8 @@ pub async fn serve(
     let count = if work_stealing { 1 } else { threads.get() };
     let mut stealing = None;
     let loads = WorkerLoads::new(count);
-    state.metrics.watch_workers(loads.clone());
+    let watched = loads.clone();
+    state.metrics.watch_workers(move || watched.snapshot());
     let (peers, mut handoffs): (Vec<_>, Vec<_>) =
         (0..count).map(|_| mpsc::unbounded_channel()).unzip();
     let peers: Arc<[mpsc::UnboundedSender<Handoff>]> = peers.into();

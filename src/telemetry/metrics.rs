@@ -20,9 +20,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
-use crate::cache::CacheState;
-use crate::limits::{LimitMetrics, Limits};
-use crate::server::balance::WorkerLoads;
 use crate::striped::{StripedCells, StripedU64};
 
 /// A counter bumped on every request: striped per worker thread, so two
@@ -353,20 +350,74 @@ pub struct Metrics {
     redis_remote_flights: Counter,
     worker_connections: Family<WorkerLabels, Gauge>,
     /// The server's connections per worker, once it serves.
-    workers: OnceLock<Arc<WorkerLoads>>,
+    workers: OnceLock<WorkerGauge>,
     /// Last values read from the limit counters, to add only the growth.
     limits_seen: Mutex<HashMap<(Option<String>, &'static str), u64>>,
     /// The label of unauthenticated requests, one for the process, so its
     /// counters are resolved once like any client's.
     anonymous: ClientLabel,
-    cache: Arc<CacheState>,
-    limits: Arc<Limits>,
+}
+
+/// Reads the connections each worker serves (see
+/// [`Metrics::watch_workers`]).
+struct WorkerGauge(Box<dyn Fn() -> Vec<usize> + Send + Sync>);
+
+impl std::fmt::Debug for WorkerGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerGauge")
+    }
+}
+
+/// The figures that other parts of the gateway keep themselves (the cache,
+/// the limits, Redis), read when the registry is scraped and copied into
+/// it by [`Metrics::encode`]. Counts are totals since start; the registry
+/// adds only their growth since the last scrape.
+#[derive(Debug, Default)]
+pub struct Scrape<'a> {
+    /// Entries in the cache.
+    pub cache_entries: u64,
+    /// Weighted size of the cache.
+    pub cache_bytes: u64,
+    /// Entries evicted so far.
+    pub cache_evictions: u64,
+    /// Requests refused by a limit so far: client (`None`: not
+    /// authenticated), reason, count.
+    pub refused: Vec<(Option<&'a str>, &'static str, u64)>,
+    /// Upstream calls that had to wait for the quota guard so far.
+    pub queued: u64,
+    /// Total time they waited, in microseconds.
+    pub queue_wait_micros: u64,
+    /// Pauses of all upstream calls after an upstream 429 so far.
+    pub pauses: u64,
+    /// Time left of the current pause, if any.
+    pub paused_for: Option<Duration>,
+    /// Upstream calls running.
+    pub upstream_in_flight: usize,
+    /// Calls waiting for the quota guard.
+    pub upstream_waiting: usize,
+    /// Redis's figures, with `[redis]` configured.
+    pub redis: Option<RedisFigures>,
+}
+
+/// What the Redis tier has counted so far (see [`Scrape`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisFigures {
+    /// Whether Redis answers now.
+    pub up: bool,
+    /// Local misses answered from Redis.
+    pub l2_hits: u64,
+    /// Redis calls that failed or timed out.
+    pub errors: u64,
+    /// Decisions taken locally because Redis was unavailable.
+    pub fallbacks: u64,
+    /// Flights answered by another replica's upstream call.
+    pub remote_flights: u64,
 }
 
 impl Metrics {
-    /// Registers every metric; cache and limit figures are read from
-    /// `cache` and `limits` at scrape time.
-    pub fn new(cache: Arc<CacheState>, limits: Arc<Limits>) -> Self {
+    /// Registers every metric; the figures other parts keep are given to
+    /// [`encode`](Self::encode) at scrape time.
+    pub fn new() -> Self {
         let mut registry = Registry::with_prefix("mixpeek_gateway");
         let requests = Family::default();
         registry.register(
@@ -560,8 +611,6 @@ impl Metrics {
             workers: OnceLock::new(),
             limits_seen: Mutex::new(HashMap::new()),
             anonymous: ClientLabel::anonymous(),
-            cache,
-            limits,
         }
     }
 
@@ -655,76 +704,60 @@ impl Metrics {
         )
     }
 
-    /// Brings the limit counters (kept by the limit layers) into the registry.
-    fn read_limits(&self) {
-        let limits = &self.limits;
+    /// Brings the figures the limits and Redis keep into the registry.
+    fn read_limits(&self, scrape: &Scrape<'_>) {
         let mut seen = self
             .limits_seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for (client, reason, count) in limits.metrics.snapshot() {
-            let key = (client.map(str::to_string), reason.as_str());
+        for &(client, reason, count) in &scrape.refused {
+            let key = (client.map(str::to_string), reason);
             let before = seen.insert(key, count).unwrap_or(0);
             let client = client.map_or_else(|| self.anonymous.clone(), ClientLabel::new);
             self.rate_limited
-                .get_or_create(&LimitLabels {
-                    client,
-                    reason: reason.as_str(),
-                })
+                .get_or_create(&LimitLabels { client, reason })
                 .inc_by(count.saturating_sub(before));
         }
-        let metrics = &limits.metrics;
         let mut delta = |key: &'static str, now: u64| {
             let before = seen.insert((None, key), now).unwrap_or(0);
             now.saturating_sub(before)
         };
-        self.guard_queued
-            .inc_by(delta("~queued", LimitMetrics::get(&metrics.queued)));
-        let waited = delta("~queue_wait", LimitMetrics::get(&metrics.queue_wait_micros));
+        self.guard_queued.inc_by(delta("~queued", scrape.queued));
+        let waited = delta("~queue_wait", scrape.queue_wait_micros);
         self.guard_queue_wait.inc_by(waited as f64 / 1e6);
-        self.guard_pauses
-            .inc_by(delta("~pauses", LimitMetrics::get(&metrics.pauses)));
-        let upstream = &limits.upstream;
+        self.guard_pauses.inc_by(delta("~pauses", scrape.pauses));
         self.guard_paused.set(
-            upstream
-                .paused_for()
+            scrape
+                .paused_for
                 .map_or(0, |d| i64::try_from(d.as_secs().max(1)).unwrap_or(i64::MAX)),
         );
         self.guard_in_flight
-            .set(i64::try_from(upstream.in_flight()).unwrap_or(i64::MAX));
+            .set(i64::try_from(scrape.upstream_in_flight).unwrap_or(i64::MAX));
         self.guard_waiting
-            .set(i64::try_from(upstream.waiting()).unwrap_or(i64::MAX));
-        if let Some(shared) = &self.cache.shared {
-            let m = &shared.metrics;
-            self.redis_up.set(i64::from(shared.is_healthy()));
-            self.redis_l2_hits
-                .inc_by(delta("~l2_hits", LimitMetrics::get(&m.l2_hits)));
+            .set(i64::try_from(scrape.upstream_waiting).unwrap_or(i64::MAX));
+        if let Some(redis) = &scrape.redis {
+            self.redis_up.set(i64::from(redis.up));
+            self.redis_l2_hits.inc_by(delta("~l2_hits", redis.l2_hits));
             self.redis_errors
-                .inc_by(delta("~redis_errors", LimitMetrics::get(&m.errors)));
+                .inc_by(delta("~redis_errors", redis.errors));
             self.redis_fallbacks
-                .inc_by(delta("~redis_fallbacks", LimitMetrics::get(&m.fallbacks)));
-            self.redis_remote_flights.inc_by(delta(
-                "~remote_flights",
-                LimitMetrics::get(&m.remote_flights),
-            ));
+                .inc_by(delta("~redis_fallbacks", redis.fallbacks));
+            self.redis_remote_flights
+                .inc_by(delta("~remote_flights", redis.remote_flights));
         }
     }
 
-    /// Time left of a pause of upstream calls after an upstream 429.
-    pub fn upstream_paused_for(&self) -> Option<Duration> {
-        self.limits.upstream.paused_for()
+    /// Reports `loads` (the connections each worker serves, read at scrape
+    /// time) as `worker_connections`; the server calls this once it starts
+    /// its workers, later calls are ignored.
+    pub fn watch_workers(&self, loads: impl Fn() -> Vec<usize> + Send + Sync + 'static) {
+        let _ = self.workers.set(WorkerGauge(Box::new(loads)));
     }
 
-    /// Reports `loads` as `worker_connections` (the server calls this once
-    /// it starts its workers; later calls are ignored).
-    pub fn watch_workers(&self, loads: Arc<WorkerLoads>) {
-        let _ = self.workers.set(loads);
-    }
-
-    /// The text exposition, with the cache figures read now.
-    pub fn encode(&self) -> String {
+    /// The text exposition, with the figures of `scrape` read now.
+    pub fn encode(&self, scrape: &Scrape<'_>) -> String {
         if let Some(loads) = self.workers.get() {
-            for (worker, load) in loads.snapshot().into_iter().enumerate() {
+            for (worker, load) in (loads.0)().into_iter().enumerate() {
                 self.worker_connections
                     .get_or_create(&WorkerLabels {
                         worker: worker as u64,
@@ -732,15 +765,14 @@ impl Metrics {
                     .set(i64::try_from(load).unwrap_or(i64::MAX));
             }
         }
-        let store = &self.cache.store;
         self.cache_entries
-            .set(i64::try_from(store.entry_count()).unwrap_or(i64::MAX));
+            .set(i64::try_from(scrape.cache_entries).unwrap_or(i64::MAX));
         self.cache_bytes
-            .set(i64::try_from(store.weighted_bytes()).unwrap_or(i64::MAX));
-        let evictions = store.evictions();
+            .set(i64::try_from(scrape.cache_bytes).unwrap_or(i64::MAX));
+        let evictions = scrape.cache_evictions;
         let seen = self.evictions_seen.swap(evictions, Ordering::Relaxed);
         self.cache_evictions.inc_by(evictions.saturating_sub(seen));
-        self.read_limits();
+        self.read_limits(scrape);
         let mut out = String::with_capacity(8 * 1024);
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(%error, "metrics encoding failed");
@@ -749,20 +781,15 @@ impl Metrics {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::stack::AppState;
-
-    fn state() -> AppState {
-        let toml = format!(
-            "[upstream]\nbase_url = \"http://127.0.0.1:9\"\napi_key_env = \"K\"\n\
-             [[clients]]\nname = \"team\"\nkey_sha256 = \"{}\"\nnamespace = \"ns\"\n",
-            "0".repeat(64)
-        );
-        AppState::new(Config::from_toml(&toml, |_| Some("sk".into())).unwrap()).unwrap()
-    }
 
     fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
         text.lines()
@@ -805,8 +832,7 @@ mod tests {
 
     #[test]
     fn a_clients_remembered_counters_are_the_exported_series() {
-        let state = state();
-        let metrics = &state.metrics;
+        let metrics = &Metrics::new();
         let label = ClientLabel::new("team");
         let finish = |client: &ClientLabel, status, outcome| {
             metrics.started();
@@ -824,7 +850,7 @@ mod tests {
         // Another label value for the same name shares the series.
         finish(&ClientLabel::new("team"), 404, CacheOutcome::None);
         assert_eq!(metrics.client_figures(&label), (3, 1, 0));
-        let text = metrics.encode();
+        let text = metrics.encode(&Scrape::default());
         assert!(
             line(
                 &text,
@@ -862,10 +888,13 @@ mod tests {
 
     #[test]
     fn in_flight_requests_count_across_threads_and_return_to_zero() {
-        let state = state();
-        let metrics = state.metrics.clone();
+        let metrics = Arc::new(Metrics::new());
         let in_flight = |metrics: &Metrics| {
-            line(&metrics.encode(), "mixpeek_gateway_in_flight_requests ").to_string()
+            line(
+                &metrics.encode(&Scrape::default()),
+                "mixpeek_gateway_in_flight_requests ",
+            )
+            .to_string()
         };
         crate::striped::set_thread_stripe(0);
         metrics.started();
