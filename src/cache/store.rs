@@ -281,6 +281,18 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_longest_lifetime_the_config_allows_still_builds_a_store() {
+        let longest = Duration::from_secs(crate::config::MAX_CACHE_TTL_SECONDS);
+        for list_ttl in [None, Some(Duration::from_millis(50))] {
+            let store = Store::new(1 << 20, longest, list_ttl);
+            store.insert(key("ns", "/v1/retrievers/executions/e"), entry(10));
+            assert!(store
+                .get(&key("ns", "/v1/retrievers/executions/e"))
+                .is_some());
+        }
+    }
+
     fn key(ns: &str, path: &str) -> CacheKey {
         CacheKey::detail(ns, path.into())
     }
