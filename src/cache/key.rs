@@ -12,6 +12,8 @@ use http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::redis::SharedKey;
+
 /// A cache or flight key.
 ///
 /// Kept small: every cached entry holds one (40 bytes; the list-only parts
@@ -186,10 +188,48 @@ pub fn list_body_key(headers: &HeaderMap, body: &[u8]) -> Option<BodyKey> {
     Some(BodyKey::Json(hasher.finalize().into()))
 }
 
+/// The Redis tier stores entries, leases and answers under a digest of
+/// the whole key; the namespace picks the invalidation epoch.
+impl SharedKey for CacheKey {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// SHA-256 over length-prefixed namespace, path and query, and the
+    /// body key: fixed-length, and no id in clear.
+    fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [&*self.namespace, &*self.path, self.query()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        match self.body() {
+            BodyKey::Detail => h.update([0]),
+            BodyKey::Absent => h.update([1]),
+            BodyKey::Json(digest) => {
+                h.update([2]);
+                h.update(digest);
+            }
+        }
+        hex::encode(h.finalize())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn shared_digests_separate_namespaces_and_kinds() {
+        let a = CacheKey::detail("ns_a", "/v1/retrievers/executions/e".into());
+        let b = CacheKey::detail("ns_b", "/v1/retrievers/executions/e".into());
+        assert_ne!(a.digest(), b.digest());
+        // Length-prefixed parts: moving a byte between fields changes the hash.
+        let c = CacheKey::detail("ns_a/", "v1/retrievers/executions/e".into());
+        assert_ne!(a.digest(), c.digest());
+        assert_eq!(a.digest().len(), 64);
+    }
 
     fn json_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
