@@ -1,8 +1,11 @@
-//! The reserved `/_gateway/` routes, answered by the gateway itself and never
-//! forwarded: `health` (the process serves), `ready` (config loaded,
-//! upstream client built, not shutting down) and the admin API
-//! (`DELETE /_gateway/cache[/{namespace}/{path...}]`, only with the admin
-//! key). Any other path under the prefix — however it is spelled: percent-
+//! The layer that owns the reserved `/_gateway/` prefix: every request
+//! under it is answered by the gateway itself and never forwarded. It
+//! answers `health` (the process serves) and `ready` (config loaded,
+//! upstream client built, not shutting down) itself, checks the admin key,
+//! and routes `metrics` ([`super::metrics`]), `status` ([`super::status`]),
+//! `POST reload` ([`super::reload`]) and the admin cache API
+//! (`DELETE /_gateway/cache[/{namespace}/{path...}]`, [`super::cache`]).
+//! Any other path under the prefix — however it is spelled: percent-
 //! encoded, with repeated slashes — is a 404 in Mixpeek's error shape.
 //!
 //! Health and ready need no key, so the layer sits above client
@@ -21,10 +24,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use crate::admin::reload::Reloader;
-use crate::admin::status::StatusFigures;
+use super::reload::Reloader;
+use super::status::StatusFigures;
+use super::{cache, metrics};
 use crate::body::{self, Body, BoxError};
-use crate::cache::route::canonicalize;
 use crate::cache::CacheState;
 use crate::error::GatewayError;
 use crate::layers::auth::bearer_token;
@@ -160,75 +163,14 @@ impl Endpoints {
             .names()
             .cloned()
             .chain(std::iter::once(self.metrics.anonymous().clone()));
-        let figures = StatusFigures::read(
+        StatusFigures::read(
             self.started.elapsed(),
             &self.cache,
             &self.metrics,
             labels,
             self.limits.upstream.paused_for(),
-        );
-        let mut response = Response::new(body::full(figures.html()));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(
-            "content-security-policy",
-            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
-        );
-        response
-    }
-
-    fn reload(&self) -> Response<Body> {
-        match self.reloader.reload() {
-            Ok(report) => {
-                let body = serde_json::json!({
-                    "status": "reloaded",
-                    "clients": report.clients,
-                    "restart_required": report.restart_required,
-                });
-                let mut response = Response::new(body::full(body.to_string()));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                response
-            }
-            Err(error) => {
-                tracing::error!(%error, "config reload refused; the running clients stay");
-                GatewayError::BadRequest(format!("config reload refused: {error}")).into_response()
-            }
-        }
-    }
-
-    /// `rest` is what follows `/_gateway/cache/`; `None` for the whole cache.
-    async fn admin_cache(
-        self: Arc<Self>,
-        rest: Option<String>,
-    ) -> Result<Response<Body>, BoxError> {
-        let Some(rest) = rest else {
-            self.cache.clear().await;
-            tracing::info!("admin: cache cleared");
-            return Ok(json(StatusCode::OK, r#"{"status":"ok","cleared":"all"}"#));
-        };
-        let (namespace, path) = rest.split_once('/').ok_or(GatewayError::NotFound)?;
-        if namespace.is_empty() || path.is_empty() {
-            return Err(GatewayError::NotFound.into());
-        }
-        let namespace = percent_decode_str(namespace).decode_utf8_lossy();
-        let path = canonicalize(&format!("/{path}"));
-        let removed = self.cache.drop_detail(&namespace, &path).await;
-        tracing::info!(namespace = %namespace, path = %path, removed, "admin: cache entry dropped");
-        Ok(json(
-            StatusCode::OK,
-            if removed {
-                r#"{"status":"ok","removed":true}"#
-            } else {
-                r#"{"status":"ok","removed":false}"#
-            },
-        ))
+        )
+        .response()
     }
 }
 
@@ -256,18 +198,11 @@ where
             "/_gateway/ready" if is_read && ready => {
                 Ok(json(StatusCode::OK, r#"{"status":"ready"}"#))
             }
-            "/_gateway/metrics" if is_read => {
-                let mut response = Response::new(body::full(crate::admin::metrics::scrape(
-                    &self.endpoints.metrics,
-                    &self.endpoints.cache,
-                    &self.endpoints.limits,
-                )));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                Ok(response)
-            }
+            "/_gateway/metrics" if is_read => Ok(metrics::response(
+                &self.endpoints.metrics,
+                &self.endpoints.cache,
+                &self.endpoints.limits,
+            )),
             "/_gateway/ready" if is_read => Ok(json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"status":"draining"}"#,
@@ -278,7 +213,7 @@ where
             "/_gateway/reload"
                 if request.method() == Method::POST && self.endpoints.is_admin(&request) =>
             {
-                Ok(self.endpoints.reload())
+                Ok(self.endpoints.reloader.respond())
             }
             _ if request.method() == Method::DELETE && self.endpoints.is_admin(&request) => {
                 let target = if path == "/_gateway/cache" {
@@ -290,7 +225,14 @@ where
                 };
                 match target {
                     Some(rest) => {
-                        return Either::Left(self.endpoints.clone().admin_cache(rest).boxed())
+                        let cache = self.endpoints.cache.clone();
+                        return Either::Left(
+                            async move {
+                                let answer = cache::clear(&cache, rest).await?;
+                                Ok(json(StatusCode::OK, answer))
+                            }
+                            .boxed(),
+                        );
                     }
                     None => Err(GatewayError::NotFound.into()),
                 }

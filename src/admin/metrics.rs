@@ -4,9 +4,22 @@
 //! finishes; what the cache, the limits and Redis keep themselves is read
 //! here, at scrape time, so the request path never updates those gauges.
 
+use http::{header, HeaderValue, Response};
+
+use crate::body::{self, Body};
 use crate::cache::CacheState;
 use crate::limits::{LimitMetrics, Limits};
 use crate::telemetry::metrics::{Metrics, RedisFigures, Scrape};
+
+/// The response to `GET /_gateway/metrics`.
+pub fn response(metrics: &Metrics, cache: &CacheState, limits: &Limits) -> Response<Body> {
+    let mut response = Response::new(body::full(scrape(metrics, cache, limits)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
 
 /// The text exposition of `metrics`, with the figures of `cache` and
 /// `limits` read now.

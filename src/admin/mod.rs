@@ -8,6 +8,7 @@
 //! - [`status`]: `GET /_gateway/status`, the operator's HTML page;
 //! - [`reload`]: `POST /_gateway/reload` (and SIGHUP): the clients swapped
 //!   in from the config file.
+pub mod cache;
 pub mod endpoints;
 pub mod metrics;
 pub mod reload;

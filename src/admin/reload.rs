@@ -9,7 +9,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use http::{header, HeaderValue, Response};
+
+use crate::body::{self, Body};
 use crate::config::{Config, ConfigError};
+use crate::error::GatewayError;
 use crate::layers::auth::{ClientRegistry, Clients};
 use crate::limits::SharedClientLimits;
 
@@ -34,6 +38,30 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// `POST /_gateway/reload`: reloads and answers what changed, in JSON;
+    /// a refused file is a 400 naming the key, and the running clients stay.
+    pub fn respond(&self) -> Response<Body> {
+        match self.reload() {
+            Ok(report) => {
+                let body = serde_json::json!({
+                    "status": "reloaded",
+                    "clients": report.clients,
+                    "restart_required": report.restart_required,
+                });
+                let mut response = Response::new(body::full(body.to_string()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Err(error) => {
+                tracing::error!(%error, "config reload refused; the running clients stay");
+                GatewayError::BadRequest(format!("config reload refused: {error}")).into_response()
+            }
+        }
+    }
+
     /// `path` is `None` when the config did not come from a file (demo,
     /// tests): reloading is then refused.
     pub fn new(

@@ -4,6 +4,9 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use http::{header, HeaderValue, Response};
+
+use crate::body::{self, Body};
 use crate::cache::CacheState;
 use crate::telemetry::metrics::{ClientLabel, Metrics};
 
@@ -69,6 +72,24 @@ impl StatusFigures {
     /// Requests answered without an upstream call of their own.
     pub fn saved(&self) -> u64 {
         self.hits + self.coalesced
+    }
+
+    /// The page as the response to `GET /_gateway/status`: never cached,
+    /// and a content security policy that allows nothing but its own
+    /// inline style.
+    pub fn response(&self) -> Response<Body> {
+        let mut response = Response::new(body::full(self.html()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            "content-security-policy",
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        );
+        response
     }
 
     /// The page.
