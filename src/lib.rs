@@ -1,14 +1,58 @@
 //! mixpeek-gateway: an authenticating, caching reverse proxy that internal
 //! teams put in front of the Mixpeek API.
 //!
-//! A request reads top to bottom through these modules:
-//! [`server`] accepts it (on the worker [`balance`] deals it to), [`stack`]
-//! is the tower middleware chain, whose checks ([`check`]) borrow it:
-//! [`guard`] rejects malformed requests, [`auth`] identifies the client,
-//! [`limits`] applies rate limits, [`namespace`] decides the effective
-//! namespace, and [`upstream`] forwards it. [`endpoints`] answers the reserved `/_gateway/` routes and [`error`]
-//! turns every failure into Mixpeek's error body. [`sim`] is a simulated
-//! Mixpeek API used by `demo`, the tests and the benchmarks.
+//! # The path of a request
+//!
+//! The folders read in the order a request travels:
+//!
+//! 1. [`server`] accepts the connection, deals it to a worker thread
+//!    ([`server::balance`]), keeps track of it ([`server::connections`])
+//!    and serves it with the one stack;
+//! 2. [`stack`] is that stack: one builder chain, a line of "why" above
+//!    each layer;
+//! 3. [`layers`] holds the request layers, in chain order:
+//!    [`layers::observe`] (request context, `X-Request-Id`, access log and
+//!    metrics), [`layers::body_limit`], [`layers::guard`] — then the
+//!    `/_gateway/` routes ([`admin`]) and the failed-authentication guard
+//!    ([`limits::auth_failures`]) — [`layers::auth`] (who is calling), the
+//!    client's rate limit ([`limits::client`]), and [`layers::namespace`]
+//!    (where the namespace is decided);
+//! 4. [`admin`] answers everything under `/_gateway/`: health and ready,
+//!    metrics, the status page, reload and the admin cache API;
+//! 5. [`limits`] holds the rate limits and the upstream quota guard;
+//! 6. [`cache`] serves terminal execution details from memory (and the
+//!    Redis tier) and coalesces identical calls; it owns `X-Cache`;
+//! 7. [`upstream`] is the one place that builds and sends upstream
+//!    requests;
+//! 8. [`redis`] is every call to Redis: the connection and its circuit
+//!    breaker, the shared tier, flight leases, invalidation epochs and
+//!    shared rate limits.
+//!
+//! At the bottom, depended on by the layers and depending on none of them:
+//! [`context`] (what the layers learn about a request), [`telemetry`]
+//! (logging and the metrics registry), [`config`] (raw file, validation,
+//! typed config, TLS files), [`error`] (the gateway's failures in
+//! Mixpeek's error shape), [`body`], [`clock`] and [`striped`]. [`cli`]
+//! and [`demo`] are the binary's commands; [`sim`] is a simulated Mixpeek
+//! API for `demo`, the tests and the benchmarks.
+//!
+//! # The rule
+//!
+//! A module never imports one that sits above it: server and stack at the
+//! top, then admin, limits, layers, cache, upstream, redis, and the bottom
+//! modules above. `tests/layout.rs` reads the sources and fails on an
+//! import against that order or on any import cycle, so the map stays
+//! true as code is added.
+//!
+//! # Why `layers/` is a folder
+//!
+//! The checks a request passes before the cache are small, one concern
+//! each, and only make sense in their order; a folder keeps them together
+//! and in chain order in its docs, while the concerns that grew their own
+//! parts — limits, cache, admin, redis — keep folders of their own at the
+//! top, where a newcomer looks for them by name. The two that sit between
+//! layers in the chain (the `/_gateway/` routes and the limits) are named
+//! in [`layers`]' docs at their place.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -6,11 +6,14 @@
 //! 2. [`body_limit`]: 413 for bodies over `server.max_body_bytes`;
 //! 3. [`guard`]: 400 for ambiguous credentials, dot segments and targets
 //!    that are not paths;
-//! 4. (the `/_gateway/` routes: [`crate::admin`]; failed-authentication
+//! 4. (the `/_gateway/` routes: [`crate::admin`]; the failed-authentication
 //!    guard: [`crate::limits::auth_failures`])
 //! 5. [`auth`]: who is calling;
 //! 6. (the client's rate limit: [`crate::limits::client`])
-//! 7. [`namespace`]: which namespace the request acts in.
+//! 7. [`namespace`]: which namespace the request acts in;
+//!
+//! then the cache ([`crate::cache`]), the upstream quota guard
+//! ([`crate::limits::upstream`]) and the upstream call ([`crate::upstream`]).
 //!
 //! [`check`] is how a check that only looks at a request (guard,
 //! authentication, namespace) becomes a layer. What the layers learn about

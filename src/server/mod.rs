@@ -1,9 +1,9 @@
 //! The server: accepting connections, dealing them to worker threads,
 //! keeping track of each connection's life, and shutting down gracefully.
 //!
-//! - [`serve`]: the accept loops, the workers (one runtime each, or one
+//! - [`serve`](mod@serve): the accept loops, the workers (one runtime each, or one
 //!   work-stealing runtime), TLS handshakes, graceful shutdown, and
-//!   [`spawn`] for tests and the demo;
+//!   [`spawn()`] for tests and the demo;
 //! - [`balance`]: which worker serves a new connection;
 //! - [`connections`]: the open connections, closing idle ones and draining
 //!   them all on shutdown;

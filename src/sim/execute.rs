@@ -2,7 +2,7 @@
 //! `POST /v1/retrievers/{retriever_id}/execute`.
 //!
 //! With `"stream": true` in the body the answer is an SSE stream (see
-//! [`stream`](super::stream)); otherwise a JSON execution result. Each call
+//! [`stream`]); otherwise a JSON execution result. Each call
 //! gets a fresh `execution_id`.
 
 use http::{Response, StatusCode};
