@@ -3,23 +3,29 @@
 //!
 //! # The path of a request
 //!
-//! The folders read in the order a request travels:
+//! The folders, top to bottom, in the order of [`stack`]'s chain. The
+//! request checks in [`layers`] straddle two folders (observe, body limit
+//! and guard come before [`admin`] and [`limits`] act, authentication and
+//! namespace after), and it is listed below both because they import from
+//! it (see *The rule*):
 //!
 //! 1. [`server`] accepts the connection, deals it to a worker thread
 //!    ([`server::balance`]), keeps track of it ([`server::connections`])
 //!    and serves it with the one stack;
 //! 2. [`stack`] is that stack: one builder chain, a line of "why" above
 //!    each layer;
-//! 3. [`layers`] holds the request layers, in chain order:
+//! 3. [`admin`] answers everything under `/_gateway/` — health and ready,
+//!    metrics, the status page, reload, the admin cache API — right after
+//!    the guard, before any key is looked at;
+//! 4. [`limits`]: the failed-authentication guard (before authentication),
+//!    each client's rate limit (after it) and the upstream quota guard
+//!    (below the cache);
+//! 5. [`layers`] holds the request checks, in chain order:
 //!    [`layers::observe`] (request context, `X-Request-Id`, access log and
-//!    metrics), [`layers::body_limit`], [`layers::guard`] — then the
-//!    `/_gateway/` routes ([`admin`]) and the failed-authentication guard
-//!    ([`limits::auth_failures`]) — [`layers::auth`] (who is calling), the
-//!    client's rate limit ([`limits::client`]), and [`layers::namespace`]
-//!    (where the namespace is decided);
-//! 4. [`admin`] answers everything under `/_gateway/`: health and ready,
-//!    metrics, the status page, reload and the admin cache API;
-//! 5. [`limits`] holds the rate limits and the upstream quota guard;
+//!    metrics), [`layers::body_limit`], [`layers::guard`], then — after
+//!    the `/_gateway/` routes and the failed-authentication guard —
+//!    [`layers::auth`] (who is calling) and, after the client's rate
+//!    limit, [`layers::namespace`] (where the namespace is decided);
 //! 6. [`cache`] serves terminal execution details from memory (and the
 //!    Redis tier) and coalesces identical calls; it owns `X-Cache`;
 //! 7. [`upstream`] is the one place that builds and sends upstream
@@ -38,11 +44,16 @@
 //!
 //! # The rule
 //!
-//! A module never imports one that sits above it: server and stack at the
-//! top, then admin, limits, layers, cache, upstream, redis, and the bottom
-//! modules above. `tests/layout.rs` reads the sources and fails on an
-//! import against that order or on any import cycle, so the map stays
-//! true as code is added.
+//! A module never imports one that sits above it in the list above (and
+//! the bottom modules import none of the folders). Where a folder's parts
+//! act at several points of the chain, the imports decide its place:
+//! [`admin`] reads the client registry and the bearer-token parser of
+//! [`layers::auth`], and [`limits`] uses [`layers::check`]'s adapter, never
+//! the other way round, so both sit above [`layers`]. `tests/layout.rs`
+//! holds the same order, reads the sources, and fails on an import
+//! against it, on any import cycle (between folders or between the files
+//! of one) and on a `crate::` path that names no module file, so the map
+//! stays true as code is added.
 //!
 //! # Why `layers/` is a folder
 //!

@@ -315,8 +315,9 @@ fn backoff() -> Duration {
 }
 
 /// Prepares an upstream response for the client: hop-by-hop headers out
-/// (the cache layer adds `X-Cache`), and a body that fails if upstream goes silent for `body_idle` mid-stream, so
-/// a stalled upstream can never hold a client forever.
+/// (the cache layer adds `X-Cache`), and a body that fails if upstream
+/// goes silent for `body_idle` mid-stream, so a stalled upstream can never
+/// hold a client forever.
 fn finish(
     result: Result<Response<Incoming>, legacy::Error>,
     body_idle: Duration,

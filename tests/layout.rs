@@ -16,7 +16,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The library's top-level modules, top of the chain first: each may import
-/// only modules listed after it. lib.rs's module docs walk the same order.
+/// only modules listed after it. lib.rs's module docs give the same order
+/// and say why each folder sits where it does.
 const ORDER: &[&str] = &[
     // Entry points the binary calls.
     "demo",
@@ -106,6 +107,18 @@ impl Source {
         self.root.join(format!("{name}.rs")).is_file() || self.is_folder(name)
     }
 
+    /// The child of `folder` that its `mod.rs` re-exports `item` from
+    /// (by name, else through its one glob re-export if `item` looks like
+    /// an item rather than a module).
+    fn reexport(&self, folder: &str, item: &str) -> Option<String> {
+        let names = self.reexports.get(folder)?;
+        names.get(item).cloned().or_else(|| {
+            item.starts_with(|c: char| c.is_ascii_uppercase())
+                .then(|| names.get("*").cloned())
+                .flatten()
+        })
+    }
+
     /// The module a path `first::second::…` (from the crate root) lands in.
     fn resolve(&self, first: &str, second: Option<&str>) -> Option<Module> {
         if !self.is_module(first) {
@@ -115,8 +128,8 @@ impl Source {
         if let (true, Some(second)) = (self.is_folder(first), second) {
             if self.has_child(first, second) {
                 module.push(second.to_string());
-            } else if let Some(child) = self.reexports.get(first).and_then(|r| r.get(second)) {
-                module.push(child.clone());
+            } else if let Some(child) = self.reexport(first, second) {
+                module.push(child);
             }
         }
         Some(Module(module))
@@ -148,42 +161,66 @@ impl Source {
                 out.insert(module);
             }
         }
-        // `super::x` in `a/b.rs` is `crate::a::x`; in `a/mod.rs` or a
-        // top-level file it leaves the folder, which `crate::` covers.
+        // `super::x` in `a/b.rs` is `crate::a::x` (and `super::super::x`
+        // is `crate::x`); in `a/mod.rs` or a top-level file, `super::x` is
+        // `crate::x`. In a child file, a `super::` name that is neither a
+        // sibling file nor one of the folder's re-exports is the file's
+        // own item, named from an inline module (`mod tests`).
         let is_child_file = from.0.len() == 2 && !file.ends_with("mod.rs");
-        if is_child_file {
-            for path in paths_after(&code, "super::") {
-                if path[0] == "super" || path[0] == "*" || path[0] == "self" {
+        for path in paths_after(&code, "super::") {
+            let (first, second) = (path[0].as_str(), path.get(1).map(String::as_str));
+            if first == "*" || first == "self" {
+                continue;
+            }
+            let module = if !is_child_file {
+                if first == "super" {
                     continue;
                 }
-                if let Some(module) = self.resolve(from.top(), Some(&path[0])) {
-                    out.insert(module);
-                }
-            }
+                self.resolve(first, second)
+            } else if first == "super" {
+                second.and_then(|top| self.resolve(top, None))
+            } else if self.has_child(from.top(), first)
+                || self.reexport(from.top(), first).is_some()
+            {
+                self.resolve(from.top(), Some(first))
+            } else {
+                None
+            };
+            out.extend(module);
         }
         out.remove(from);
         out
     }
 }
 
-/// The names a `mod.rs` re-exports, by the child module they come from.
+/// The names a `mod.rs` re-exports, by the child module they come from
+/// (`pub use store::{Entry, Store}`, `pub(crate) use a::b::{C, D}`); a
+/// glob (`pub use types::*`) is kept under `*`.
 fn reexported(code: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    let mut globs = Vec::new();
     for statement in code.split(';') {
         let statement = statement.trim();
-        let Some(rest) = statement.strip_prefix("pub use ") else {
+        let Some(at) = statement.find("use ") else {
             continue;
         };
-        let Some((child, items)) = rest.split_once("::") else {
+        if !statement[..at].contains("pub") {
             continue;
-        };
-        let items = items.trim().trim_start_matches('{').trim_end_matches('}');
-        for item in items.split(',') {
-            let item = item.trim().split(" as ").last().unwrap_or("").trim();
-            if !item.is_empty() && item != "*" {
-                out.insert(item.to_string(), child.trim().to_string());
+        }
+        let mut paths = Vec::new();
+        use_tree(&statement[at + 4..], Vec::new(), &mut paths);
+        for path in paths {
+            match path.as_slice() {
+                [child, .., item] if item == "*" => globs.push(child.clone()),
+                [child, .., item] => {
+                    out.insert(item.clone(), child.clone());
+                }
+                _ => {}
             }
         }
+    }
+    if let [only] = globs.as_slice() {
+        out.insert("*".to_string(), only.clone());
     }
     out
 }
@@ -230,7 +267,9 @@ fn code_of(text: &str) -> String {
         } else if rest[0] == b'\'' {
             // A char literal ('x', '\n', '\u{1F600}'), or a lifetime.
             if rest.get(1) == Some(&b'\\') {
-                i += 2;
+                // Past the quote, the backslash and the escaped character
+                // (itself possibly a quote), then to the closing quote.
+                i += 3;
                 while i < bytes.len() && bytes[i] != b'\'' {
                     i += 1;
                 }
@@ -349,6 +388,15 @@ fn use_tree(text: &str, prefix: Vec<String>, out: &mut Vec<Vec<String>>) -> usiz
         match rest.trim_start().strip_prefix("::") {
             Some(next) => at = text.len() - next.trim_start().len(),
             None => {
+                // `a::B as C`: the alias names nothing to follow.
+                if let Some(alias) = rest.trim_start().strip_prefix("as ") {
+                    let alias = alias.trim_start();
+                    let name = alias
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .count();
+                    at = text.len() - alias.len() + name;
+                }
                 out.push(path);
                 return at;
             }
@@ -524,10 +572,23 @@ fn the_scanner_sees_code_not_comments_or_strings() {
         .map(|p| p.join("::"))
         .collect();
     assert_eq!(firsts, ["a::B", "h::I", "j", "k::l", "k::m"]);
-    let reexports =
-        reexported("pub mod a;\npub use store::{Entry, Store};\npub use key::CacheKey;");
+    let reexports = reexported(
+        "pub mod a;\npub use store::{Entry, Store};\npub use key::CacheKey;\n\
+         #[doc(inline)]\npub use types::*;\npub(crate) use a::b::{C, D as E};",
+    );
     assert_eq!(reexports["Entry"], "store");
     assert_eq!(reexports["CacheKey"], "key");
+    assert_eq!(reexports["*"], "types");
+    assert_eq!(reexports["C"], "a");
+    assert_eq!(reexports["D"], "a");
+    // An escaped quote in a char literal does not open a string, and an
+    // alias does not end a group.
+    let code = code_of("let q = ['\\'','\"']; use crate::x::Y;\nuse crate::{a::B as C, d::E};");
+    let paths: Vec<String> = paths_after(&code, "crate::")
+        .into_iter()
+        .map(|p| p.join("::"))
+        .collect();
+    assert_eq!(paths, ["x::Y", "a::B", "d::E"]);
 }
 
 #[test]
