@@ -181,6 +181,7 @@ impl Upstream {
 
         let headers = &mut parts.headers;
         remove_hop_by_hop(headers);
+        remove_look_alikes(headers);
         // The request's id goes upstream: a generated one was not in the
         // headers yet, and a client's may just have been stripped as
         // hop-by-hop (`Connection: x-request-id`).
@@ -328,6 +329,42 @@ fn finish(
     Ok(response.map(|incoming| body::boxed(TimeoutBody::new(body_idle, incoming))))
 }
 
+/// The headers the gateway itself sets on every upstream request (the
+/// request id: the client's when sane, see [`crate::layers::request_id`]).
+const GATEWAY_SET: [&str; 3] = ["authorization", "x-namespace", "x-request-id"];
+
+/// Whether `name` is not one of the gateway's own headers but reads as one
+/// once `_` is read as `-` (names are lowercase already): CGI and WSGI
+/// stacks fold `HTTP_X_NAMESPACE` from both spellings, so a client's
+/// `X_Namespace: ns_a` beside the gateway's `x-namespace: ns_b` could win.
+fn is_look_alike(name: &str) -> bool {
+    let name = name.as_bytes();
+    name.contains(&b'_')
+        && GATEWAY_SET.iter().any(|own| {
+            own.len() == name.len()
+                && own
+                    .bytes()
+                    .zip(name)
+                    .all(|(own, &c)| own == if c == b'_' { b'-' } else { c })
+        })
+}
+
+/// Drops every request header that looks like one the gateway sets
+/// ([`is_look_alike`]).
+fn remove_look_alikes(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| is_look_alike(name.as_str())) {
+        return;
+    }
+    let found: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|name| is_look_alike(name.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
+
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including every header
 /// that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -414,6 +451,33 @@ mod tests {
         for gone in ["host", "connection", "x-secret-hop", "keep-alive"] {
             assert!(h.get(gone).is_none(), "{gone}");
         }
+    }
+
+    #[tokio::test]
+    async fn look_alikes_of_the_gateways_own_headers_never_go_upstream() {
+        let up = upstream("http://127.0.0.1:9/");
+        let mut request = namespaced("/v1/x");
+        for (name, value) in [
+            ("x_namespace", "ns_other"),
+            ("x_request_id", "forged"),
+            ("x-namespace_", "kept: not a look-alike"),
+            ("x_custom", "kept"),
+        ] {
+            request.headers_mut().append(
+                header::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let built = up.build_request(request).unwrap();
+        let h = built.headers();
+        assert!(h.get("x_namespace").is_none());
+        assert!(h.get("x_request_id").is_none());
+        assert_eq!(h["x-namespace"], "ns_t");
+        assert_eq!(h["x-request-id"], "abc");
+        assert_eq!(h["x-namespace_"], "kept: not a look-alike");
+        assert_eq!(h["x_custom"], "kept");
+        assert!(is_look_alike("x_request-id"));
+        assert!(!is_look_alike("x-request-id"));
     }
 
     #[tokio::test]

@@ -101,6 +101,31 @@ async fn namespace_outside_allowed_is_403_by_header_and_by_query() {
 }
 
 #[tokio::test]
+async fn a_look_alike_of_a_gateway_header_never_reaches_upstream() {
+    let h = Harness::start().await;
+    let request = h
+        .client
+        .request(Method::GET, "/v1/collections")
+        .header("authorization", format!("Bearer {SEARCH_KEY}"))
+        .header("x_namespace", "ns_ads")
+        .header("X_Request_Id", "forged-id")
+        .header("x-request-id", "trace-7")
+        .body(Full::default())
+        .unwrap();
+    let reply = h.client.send(request).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-echo-namespace"), "ns_search");
+    let seen = h.sim.requests();
+    assert_eq!(seen.len(), 1);
+    let headers = &seen[0].headers;
+    assert!(headers.get("x_namespace").is_none(), "{headers:?}");
+    assert!(headers.get("x_request_id").is_none(), "{headers:?}");
+    let namespaces: Vec<_> = headers.get_all("x-namespace").iter().collect();
+    assert_eq!(namespaces, ["ns_search"]);
+    assert_eq!(headers["x-request-id"], "trace-7");
+}
+
+#[tokio::test]
 async fn forwards_with_real_key_and_effective_namespace_never_the_client_key() {
     let h = Harness::start().await;
     let reply = h.client.get("/v1/collections", SEARCH_KEY).await;
