@@ -186,8 +186,12 @@ where
         }
         let status = response.status().as_u16();
         let outcome = CacheOutcome::from_header(response.headers().get(&X_CACHE));
+        let bodiless = matches!(status, 204 | 304)
+            || pending.0.as_ref().is_some_and(|s| s.method == Method::HEAD);
+        let remaining = expected_length(&response, bodiless);
         Poll::Ready(Ok(response.map(|body| ObservedBody {
             inner: body,
+            remaining,
             done: Some(Done {
                 pending,
                 status,
@@ -251,10 +255,31 @@ fn record(state: PendingState, status: u16, outcome: CacheOutcome, completed: bo
     }
 }
 
+/// The body bytes the client is to receive: none for a bodiless response
+/// (HEAD, 204, 304), else the body's exact size when it knows it (a cache
+/// hit: no header is read), else the response's `Content-Length`; `None`
+/// when only the end of the stream tells (chunked, SSE).
+fn expected_length(response: &Response<Body>, bodiless: bool) -> Option<u64> {
+    if bodiless {
+        return Some(0);
+    }
+    response.body().size_hint().exact().or_else(|| {
+        response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    })
+}
+
 /// The response body, recording the request when it ends or is dropped.
 #[derive(Debug)]
 pub struct ObservedBody {
     inner: Body,
+    /// Body bytes not yet passed to the server, when the length is known.
+    remaining: Option<u64>,
     done: Option<Done>,
 }
 
@@ -267,10 +292,18 @@ impl HttpBody for ObservedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            if let Some(done) = self.done.take() {
-                done.record(true);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(done) = self.done.take() {
+                    done.record(true);
+                }
             }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(remaining), Some(data)) = (self.remaining, frame.data_ref()) {
+                    self.remaining = Some(remaining.saturating_sub(data.len() as u64));
+                }
+            }
+            _ => {}
         }
         polled
     }
@@ -288,9 +321,97 @@ impl Drop for ObservedBody {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             // hyper drops a body it has fully sent without polling past its
-            // end when the size is known: that is a completed response too.
-            let completed = self.inner.is_end_stream();
+            // end when the size is known (by Content-Length, whatever the
+            // inner body says of its own end): a completed response too.
+            let completed = self.inner.is_end_stream() || self.remaining == Some(0);
             done.record(completed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http_body_util::{BodyExt, StreamBody};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The text the access log writes, captured.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// A streamed body (it cannot tell its own end, as a pass-through body
+    /// behind a timeout cannot) under a `Content-Length` of 10.
+    fn streamed() -> Response<Body> {
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"01234"))),
+            Ok(Frame::data(Bytes::from_static(b"56789"))),
+        ];
+        let mut response = Response::new(crate::body::boxed(StreamBody::new(
+            futures_util::stream::iter(chunks),
+        )));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        response
+    }
+
+    /// The access line of one request whose body is read `frames` frames
+    /// far and then dropped, as hyper drops a body once it has written
+    /// `Content-Length` bytes.
+    async fn access_line(method: Method, frames: usize) -> String {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let service = ObserveLayer::new(Arc::new(Metrics::new()))
+            .layer(tower::service_fn(|_: Request<()>| async { Ok(streamed()) }));
+        let request = Request::builder().method(method).body(()).unwrap();
+        let mut body = service.oneshot(request).await.unwrap().into_body();
+        for _ in 0..frames {
+            body.frame().await.unwrap().unwrap();
+        }
+        drop(body);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .find(|line| line.contains("access"))
+            .unwrap_or_else(|| panic!("no access line in {text}"))
+            .to_string()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_body_sent_to_its_content_length_is_completed_and_a_cut_one_is_not() {
+        assert!(access_line(Method::GET, 2).await.contains("completed=true"));
+        assert!(access_line(Method::GET, 1)
+            .await
+            .contains("completed=false"));
+        assert!(access_line(Method::GET, 0)
+            .await
+            .contains("completed=false"));
+        // A HEAD response has no body to send: delivered with its head.
+        assert!(access_line(Method::HEAD, 0)
+            .await
+            .contains("completed=true"));
     }
 }
