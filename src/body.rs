@@ -8,10 +8,11 @@
 //! and boxing would cost an allocation and a virtual call per poll on every
 //! hit.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
 
@@ -46,6 +47,73 @@ where
     B::Error: Into<BoxError>,
 {
     Body(Kind::Streamed(body.map_err(Into::into).boxed_unsync()))
+}
+
+/// What [`read_up_to`] read.
+#[derive(Debug)]
+pub enum Prefix {
+    /// The whole body, within the limit.
+    Whole(Bytes),
+    /// Longer than the limit: the part read so far and the rest, as one
+    /// streamed body.
+    Longer(Body),
+}
+
+/// Reads `body` whole unless it grows past `limit` bytes, then hands back
+/// what was read and the rest as one body. Trailers are not kept.
+pub async fn read_up_to(mut body: Body, limit: usize) -> Result<Prefix, BoxError> {
+    let mut chunks = VecDeque::new();
+    let mut size = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        size += data.len();
+        chunks.push_back(data);
+        if size > limit {
+            return Ok(Prefix::Longer(boxed(Prefixed { chunks, rest: body })));
+        }
+    }
+    Ok(Prefix::Whole(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(size);
+            for chunk in chunks {
+                all.extend_from_slice(&chunk);
+            }
+            all.freeze()
+        }
+    }))
+}
+
+/// A body that replays already-read chunks, then continues with the rest.
+struct Prefixed {
+    chunks: VecDeque<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
+impl Body {
+    /// Whether the body is held in memory (the gateway's own), not a
+    /// stream still arriving.
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.0, Kind::Full(_))
+    }
 }
 
 /// Which kind and how long, never the bytes (cached API answers).

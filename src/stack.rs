@@ -28,6 +28,7 @@ use crate::layers::check::CheckLayer;
 use crate::layers::guard::RequestGuard;
 use crate::layers::namespace::ResolveNamespace;
 use crate::layers::observe::ObserveLayer;
+use crate::layers::request_body::ReadAheadLayer;
 use crate::limits::{AuthFailureGuard, ClientLimitLayer, Limits, UpstreamGuardLayer};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -156,6 +157,10 @@ where
         .layer(CheckLayer::new(ResolveNamespace))
         // Terminal execution details from memory; identical calls coalesced.
         .layer(CacheLayer::new(state.cache.clone()))
+        // Request bodies read ahead (up to 64 KiB): one over the limit or
+        // malformed is refused before anything goes upstream or any quota
+        // is spent; a small one goes with its Content-Length.
+        .layer(ReadAheadLayer)
         // Only calls that really go upstream spend the organisation's quota.
         .layer(UpstreamGuardLayer::new(state.limits.upstream.clone()))
         // upstream.timeout_ms until the response head: 504.

@@ -263,6 +263,85 @@ async fn body_over_max_is_413_by_length_and_when_streamed() {
 }
 
 #[tokio::test]
+async fn an_over_limit_chunked_body_in_one_write_never_reaches_upstream() {
+    let h = Harness::with(SimConfig::new(REAL_KEY), "max_body_bytes = 1024", "").await;
+    // 2.1 kB in three chunks, written at once: streamed as it arrived, its
+    // first kilobyte would be upstream before the limit struck.
+    let chunk = "x".repeat(700);
+    let request = format!(
+        "POST /v1/collections HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {SEARCH_KEY}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2bc\r\n{chunk}\r\n2bc\r\n{chunk}\r\n2bc\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let answer = raw_exchange(h.gateway.addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert_eq!(h.sim.total(), 0);
+    // A small chunked body goes upstream whole, with its length.
+    let request = format!(
+        "POST /v1/collections HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {SEARCH_KEY}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    );
+    let answer = raw_exchange(h.gateway.addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = h.sim.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, "abcde");
+    assert_eq!(seen[0].headers["content-length"], "5");
+    assert!(seen[0].headers.get("transfer-encoding").is_none());
+}
+
+#[tokio::test]
+async fn a_malformed_or_cut_request_body_is_the_clients_400_not_an_upstream_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let head = |framing: &str| {
+        format!(
+            "POST /v1/collections HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {SEARCH_KEY}\r\n{framing}\r\nconnection: close\r\n\r\n"
+        )
+    };
+    let cases = [
+        head("transfer-encoding: chunked") + "FFFFFFFFFFFFFFFFF1\r\nabc\r\n0\r\n\r\n",
+        head("transfer-encoding: chunked") + "-5\r\nabc\r\n0\r\n\r\n",
+        head("transfer-encoding: chunked") + "3\r\nabcXX0\r\n\r\n",
+        // Unterminated, then the client half-closes.
+        head("transfer-encoding: chunked") + "3\r\nabc\r\n",
+        // Shorter than its Content-Length, then the client half-closes.
+        head("content-length: 100") + "only a few bytes",
+    ];
+    for request in cases {
+        let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+        let answer = String::from_utf8_lossy(&out);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+        assert!(answer.contains("bad_request"), "{request:?}: {answer}");
+    }
+    assert_eq!(h.sim.total(), 0);
+    // The gateway keeps serving.
+    assert_eq!(
+        h.client.get("/v1/collections", SEARCH_KEY).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_large_upload_still_streams_upstream_whole() {
+    let h = Harness::start().await;
+    let body: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let reply = h
+        .client
+        .post("/v1/collections", SEARCH_KEY, body.clone())
+        .await;
+    assert_eq!(reply.status, 200);
+    let seen = h.sim.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body.len(), body.len());
+    assert!(seen[0].body == body);
+}
+
+#[tokio::test]
 async fn a_declared_oversized_body_is_refused_before_the_client_sends_it() {
     let h = Harness::with(SimConfig::new(REAL_KEY), "max_body_bytes = 1024", "").await;
     // The client waits for 100 Continue; the gateway answers 413 instead,

@@ -87,7 +87,14 @@ async fn request_body_reaches_upstream_before_the_client_finishes_sending() {
         "POST /v1/objects HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {SEARCH_KEY}\r\ntransfer-encoding: chunked\r\n\r\n"
     );
     client.write_all(head.as_bytes()).await.unwrap();
-    client.write_all(b"a\r\nfirst-part\r\n").await.unwrap();
+    // Bodies up to 64 KiB are read whole before the call (so one over the
+    // limit never reaches upstream); a larger one streams: its first part
+    // is upstream while the client still sends.
+    let first = format!("{}first-part", "x".repeat(70 * 1024));
+    client
+        .write_all(format!("{:x}\r\n{first}\r\n", first.len()).as_bytes())
+        .await
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(10), first_chunk_rx)
         .await
         .expect("first chunk reached upstream while the client was still sending")

@@ -21,18 +21,15 @@
 //! their own.
 
 use std::collections::HashMap;
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either, TryFutureExt};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tower::util::BoxCloneSyncService;
@@ -817,62 +814,23 @@ enum Buffered {
 /// Reads the whole body, unless it grows past `limit`: then the part read so
 /// far and the rest are handed back as one streaming response.
 async fn buffer(response: Response<Body>, limit: usize) -> Result<Buffered, BoxError> {
-    let (parts, mut body) = response.into_parts();
-    let mut chunks = VecDeque::new();
-    let mut size = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue; // trailers are not shared
-        };
-        size += data.len();
-        chunks.push_back(data);
-        if size > limit {
-            let mut response =
-                Response::from_parts(parts, body::boxed(Prefixed { chunks, rest: body }));
+    let (parts, body) = response.into_parts();
+    match body::read_up_to(body, limit).await? {
+        body::Prefix::Whole(bytes) => Ok(Buffered::Whole(parts, bytes)),
+        body::Prefix::Longer(body) => {
+            let mut response = Response::from_parts(parts, body);
             response
                 .headers_mut()
                 .insert(X_CACHE.clone(), CacheStatus::Miss.header_value());
-            return Ok(Buffered::TooLarge(response));
+            Ok(Buffered::TooLarge(response))
         }
-    }
-    let bytes = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop_front().unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(size);
-            for chunk in chunks {
-                all.extend_from_slice(&chunk);
-            }
-            all.freeze()
-        }
-    };
-    Ok(Buffered::Whole(parts, bytes))
-}
-
-/// A body that replays already-read chunks, then continues with the rest.
-struct Prefixed {
-    chunks: VecDeque<Bytes>,
-    rest: Body,
-}
-
-impl http_body::Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(chunk) = self.chunks.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Frame;
     use http_body_util::StreamBody;
 
     fn chunked(chunks: &[&'static str]) -> Response<Body> {

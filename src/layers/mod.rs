@@ -12,7 +12,8 @@
 //! 6. (the client's rate limit: [`crate::limits::client`])
 //! 7. [`namespace`]: which namespace the request acts in;
 //!
-//! then the cache ([`crate::cache`]), the upstream quota guard
+//! then the cache ([`crate::cache`]); below it [`request_body`] reads
+//! request bodies ahead of the upstream call, then the upstream quota guard
 //! ([`crate::limits::upstream`]) and the upstream call ([`crate::upstream`]).
 //!
 //! [`check`] is how a check that only looks at a request (guard,
@@ -25,4 +26,5 @@ pub mod check;
 pub mod guard;
 pub mod namespace;
 pub mod observe;
+pub mod request_body;
 pub mod request_id;
