@@ -454,3 +454,57 @@ async fn status_page_and_metrics_show_an_upstream_pause() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_hold_the_upstream_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // One upstream slot; a caller may wait 10 s for it.
+    let h = Harness::with(
+        SimConfig::new(REAL_KEY),
+        "send_timeout_ms = 300\nmax_body_bytes = 67108864",
+        "max_in_flight = 1\nqueue_timeout_ms = 10000",
+    )
+    .await;
+    // The stalled client: 32 MiB echoed back, of which it reads only the
+    // head; its socket fills and the response holds the only slot.
+    let size = 32 * 1024 * 1024;
+    let mut stalled = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/collections HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {SEARCH_KEY}\r\ncontent-length: {size}\r\n\r\n"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stalled.into_split();
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'x'; 1024 * 1024];
+        for _ in 0..32 {
+            writer.write_all(&chunk).await.unwrap();
+        }
+        writer
+    });
+    let mut answer = Vec::new();
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = reader.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the response head");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let _writer = upload.await.unwrap();
+
+    // Another team's pass-through gets the slot once the stalled
+    // connection is closed (send_timeout_ms), long before its own wait
+    // (queue_timeout_ms) would run out.
+    let reply = h.client.get("/v1/collections", ADS_KEY).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // The stalled connection was closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the stalled connection is still open");
+}

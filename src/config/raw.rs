@@ -61,6 +61,7 @@ pub(super) struct RawServer {
     pub(super) admin_key_sha256: Option<String>,
     pub(super) shutdown_grace_ms: u64,
     pub(super) idle_timeout_ms: u64,
+    pub(super) send_timeout_ms: u64,
     /// 0: one per CPU.
     pub(super) workers: u64,
     pub(super) work_stealing: bool,
@@ -77,6 +78,7 @@ impl Default for RawServer {
             admin_key_sha256: None,
             shutdown_grace_ms: 10_000,
             idle_timeout_ms: 30_000,
+            send_timeout_ms: 30_000,
             workers: 0,
             work_stealing: false,
             auth_failures_per_minute: 30,

@@ -107,6 +107,9 @@ pub struct ServerConfig {
     /// closed (idle keep-alive connections, and clients that never finish
     /// their request head).
     pub idle_timeout: Duration,
+    /// A connection whose client accepts no bytes of a response for this
+    /// long (its socket stays full) is closed, and whatever it held freed.
+    pub send_timeout: Duration,
     /// Threads serving connections, each with its own runtime (or, with
     /// `work_stealing`, all in one).
     pub workers: std::num::NonZeroUsize,

@@ -43,7 +43,8 @@ impl RawRedis {
     }
 }
 
-/// Bounds of `server.idle_timeout_ms`: 30 ms to one day.
+/// Bounds of `server.idle_timeout_ms` and `server.send_timeout_ms`: 30 ms
+/// to one day.
 const MIN_IDLE_TIMEOUT_MS: u64 = 30;
 
 const MAX_IDLE_TIMEOUT_MS: u64 = 86_400_000;
@@ -302,6 +303,12 @@ impl RawServer {
                 format!("must be between {MIN_IDLE_TIMEOUT_MS} and {MAX_IDLE_TIMEOUT_MS}"),
             ));
         }
+        if !(MIN_IDLE_TIMEOUT_MS..=MAX_IDLE_TIMEOUT_MS).contains(&self.send_timeout_ms) {
+            return Err(ConfigError::new(
+                "server.send_timeout_ms",
+                format!("must be between {MIN_IDLE_TIMEOUT_MS} and {MAX_IDLE_TIMEOUT_MS}"),
+            ));
+        }
         if self.workers > MAX_WORKERS {
             return Err(ConfigError::new(
                 "server.workers",
@@ -324,6 +331,7 @@ impl RawServer {
             work_stealing: self.work_stealing,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            send_timeout: Duration::from_millis(self.send_timeout_ms),
             auth_failures_per_minute,
         })
     }
@@ -577,6 +585,20 @@ mod tests {
         let err = Config::from_toml(&text, env).unwrap_err();
         assert_eq!(err.key, "server.listen_on");
         assert!(err.message.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn send_timeout_defaults_and_is_bounded() {
+        let c = Config::from_toml(&minimal(), env).unwrap();
+        assert_eq!(c.server.send_timeout, Duration::from_secs(30));
+        for ms in ["0", "29", "86400001"] {
+            let text = format!("[server]\nsend_timeout_ms = {ms}\n{}", minimal());
+            let err = Config::from_toml(&text, env).unwrap_err();
+            assert_eq!(err.key, "server.send_timeout_ms", "{ms}");
+        }
+        let text = format!("[server]\nsend_timeout_ms = 250\n{}", minimal());
+        let c = Config::from_toml(&text, env).unwrap();
+        assert_eq!(c.server.send_timeout, Duration::from_millis(250));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`balance`]: which worker serves a new connection;
 //! - [`connections`]: the open connections, closing idle ones and draining
 //!   them all on shutdown;
+//! - [`send_timeout`]: closing a connection whose client stops reading;
 //! - `alloc.rs`: the process's allocator (mimalloc), included by the binary
 //!   and the benchmarks, not by the library (which forbids `unsafe`).
 //!
@@ -15,6 +16,7 @@
 
 pub mod balance;
 pub mod connections;
+pub mod send_timeout;
 pub mod serve;
 
 pub use serve::{reload_on_sighup, serve, shutdown_signal, spawn, spawn_from_file, RunningGateway};

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::context::RequestContext;
 use crate::server::balance::{Handoff, Load, WorkerLoads};
 use crate::server::connections::{Connection, Connections};
+use crate::server::send_timeout::SendTimeout;
 use crate::stack::{self, AppState};
 
 /// Readiness events one thread of the work-stealing runtime takes from the
@@ -112,6 +113,7 @@ pub async fn serve(
                 sender
             },
             grace: state.config.server.shutdown_grace,
+            send_timeout: state.config.server.send_timeout,
         };
         let (done, finished) = oneshot::channel::<()>();
         let worker_loads = loads.clone();
@@ -260,6 +262,8 @@ struct Worker<A> {
     /// Told when this worker has closed its listening socket.
     stopped_listening: oneshot::Sender<()>,
     grace: Duration,
+    /// `server.send_timeout`.
+    send_timeout: Duration,
 }
 
 impl<A, B> Worker<A>
@@ -379,6 +383,8 @@ where
         load: Load,
     ) {
         let _ = stream.set_nodelay(true);
+        // Below TLS: what stalls is the socket.
+        let stream = SendTimeout::new(stream, self.send_timeout);
         let connection = self.connections.open();
         let service = ConnectionService::new(connection.track(self.app.clone()), peer);
         let builder = builder.clone();
