@@ -124,6 +124,7 @@ fn client_lookup(c: &mut Criterion) {
         namespace: format!("ns_{i}"),
         allowed_namespaces: vec![format!("ns_{i}").into()],
         rate_limit: None,
+        max_in_flight: None,
     });
     let registry = ClientRegistry::new(clients);
     c.bench_function("auth/lookup_50_clients", |b| {

@@ -420,6 +420,7 @@ mod tests {
             namespace: "ns_t".into(),
             allowed_namespaces: vec!["ns_t".into()],
             rate_limit: None,
+            max_in_flight: None,
         });
         let mut request = Request::builder()
             .uri(uri)

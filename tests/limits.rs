@@ -455,24 +455,21 @@ async fn status_page_and_metrics_show_an_upstream_pause() {
     );
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_cannot_hold_the_upstream_slot() {
+/// A client that asks for 32 MiB echoed back and reads only the response
+/// head: its socket fills and its response holds an upstream slot. The
+/// returned halves keep the connection open.
+async fn stall_on_a_large_echo(
+    gateway: SocketAddr,
+    key: &str,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // One upstream slot; a caller may wait 10 s for it.
-    let h = Harness::with(
-        SimConfig::new(REAL_KEY),
-        "send_timeout_ms = 300\nmax_body_bytes = 67108864",
-        "max_in_flight = 1\nqueue_timeout_ms = 10000",
-    )
-    .await;
-    // The stalled client: 32 MiB echoed back, of which it reads only the
-    // head; its socket fills and the response holds the only slot.
     let size = 32 * 1024 * 1024;
-    let mut stalled = tokio::net::TcpStream::connect(h.gateway.addr)
-        .await
-        .unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(gateway).await.unwrap();
     let head = format!(
-        "POST /v1/collections HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {SEARCH_KEY}\r\ncontent-length: {size}\r\n\r\n"
+        "POST /v1/collections HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {key}\r\ncontent-length: {size}\r\n\r\n"
     );
     stalled.write_all(head.as_bytes()).await.unwrap();
     let (mut reader, mut writer) = stalled.into_split();
@@ -491,8 +488,20 @@ async fn a_client_that_stops_reading_cannot_hold_the_upstream_slot() {
         answer.extend_from_slice(&buf[..n]);
     }
     assert!(answer.starts_with(b"HTTP/1.1 200"));
-    let _writer = upload.await.unwrap();
+    (reader, upload.await.unwrap())
+}
 
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_hold_the_upstream_slot() {
+    use tokio::io::AsyncReadExt;
+    // One upstream slot; a caller may wait 10 s for it.
+    let h = Harness::with(
+        SimConfig::new(REAL_KEY),
+        "send_timeout_ms = 300\nmax_body_bytes = 67108864",
+        "max_in_flight = 1\nqueue_timeout_ms = 10000",
+    )
+    .await;
+    let (mut reader, _writer) = stall_on_a_large_echo(h.gateway.addr, SEARCH_KEY).await;
     // Another team's pass-through gets the slot once the stalled
     // connection is closed (send_timeout_ms), long before its own wait
     // (queue_timeout_ms) would run out.
@@ -507,4 +516,29 @@ async fn a_client_that_stops_reading_cannot_hold_the_upstream_slot() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the stalled connection is still open");
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_upstream_slot() {
+    // Two slots, the default share is one each; nobody's socket times out.
+    let h = Harness::with(
+        SimConfig::new(REAL_KEY),
+        "max_body_bytes = 67108864",
+        "max_in_flight = 2\nqueue_timeout_ms = 300",
+    )
+    .await;
+    let _stalled = stall_on_a_large_echo(h.gateway.addr, SEARCH_KEY).await;
+    // The same team's next call waits for its share, then is refused...
+    h.client
+        .get("/v1/collections", SEARCH_KEY)
+        .await
+        .assert_error(429, "rate_limited");
+    // ...while another team's goes through on the slot that is left.
+    let reply = h.client.get("/v1/collections", ADS_KEY).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
 }

@@ -122,6 +122,8 @@ pub(super) struct RawClient {
     pub(super) allowed_namespaces: Option<Vec<String>>,
     #[serde(default)]
     pub(super) rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    pub(super) max_in_flight: Option<u64>,
 }
 
 #[derive(Deserialize)]

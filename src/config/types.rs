@@ -205,6 +205,9 @@ pub struct ClientConfig {
     pub allowed_namespaces: Vec<std::sync::Arc<str>>,
     /// The team's rate limit, if any.
     pub rate_limit: Option<RateLimit>,
+    /// The most upstream calls the team may have running at once; `None`:
+    /// the default share, half of `upstream.max_in_flight` (rounded up).
+    pub max_in_flight: Option<std::num::NonZeroUsize>,
 }
 
 /// A GCRA rate limit.

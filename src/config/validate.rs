@@ -220,6 +220,18 @@ impl RawFile {
         let mut clients: Vec<ClientConfig> = Vec::with_capacity(self.clients.len());
         for (i, raw) in self.clients.into_iter().enumerate() {
             let client = raw.validate(i)?;
+            if client
+                .max_in_flight
+                .is_some_and(|n| n.get() > upstream.max_in_flight)
+            {
+                return Err(ConfigError::new(
+                    format!("clients[{i}].max_in_flight"),
+                    format!(
+                        "must be at most upstream.max_in_flight ({})",
+                        upstream.max_in_flight
+                    ),
+                ));
+            }
             if clients.iter().any(|c| c.name == client.name) {
                 return Err(ConfigError::new(
                     format!("clients[{i}].name"),
@@ -453,12 +465,22 @@ impl RawClient {
                 })
             })
             .transpose()?;
+        let max_in_flight = self
+            .max_in_flight
+            .map(|n| {
+                usize::try_from(n)
+                    .ok()
+                    .and_then(std::num::NonZeroUsize::new)
+                    .ok_or_else(|| ConfigError::new(key("max_in_flight"), "must be greater than 0"))
+            })
+            .transpose()?;
         Ok(ClientConfig {
             name: self.name,
             key_sha256,
             namespace: self.namespace,
             allowed_namespaces: allowed.into_iter().map(std::sync::Arc::from).collect(),
             rate_limit,
+            max_in_flight,
         })
     }
 }
@@ -585,6 +607,26 @@ mod tests {
         let err = Config::from_toml(&text, env).unwrap_err();
         assert_eq!(err.key, "server.listen_on");
         assert!(err.message.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn a_clients_max_in_flight_is_within_the_gateways() {
+        let with = |n: &str| {
+            format!(
+                "[upstream]\nmax_in_flight = 4\n{}max_in_flight = {n}\n",
+                minimal()
+            )
+        };
+        let c = Config::from_toml(&with("4"), env).unwrap();
+        assert_eq!(c.clients[0].max_in_flight.map(|n| n.get()), Some(4));
+        for n in ["0", "5"] {
+            let err = Config::from_toml(&with(n), env).unwrap_err();
+            assert_eq!(err.key, "clients[0].max_in_flight", "{n}");
+        }
+        assert_eq!(
+            Config::from_toml(&minimal(), env).unwrap().clients[0].max_in_flight,
+            None
+        );
     }
 
     #[test]

@@ -191,6 +191,7 @@ mod tests {
             namespace: format!("ns_{name}"),
             allowed_namespaces: vec![format!("ns_{name}").into()],
             rate_limit: None,
+            max_in_flight: None,
         };
         Arc::new(arc_swap::ArcSwap::from_pointee(ClientRegistry::new([
             client("a", "key-a"),

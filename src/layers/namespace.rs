@@ -107,6 +107,7 @@ mod tests {
             namespace: "ns_search".into(),
             allowed_namespaces: vec!["ns_search".into(), "staging".into()],
             rate_limit: None,
+            max_in_flight: None,
         }))
     }
 

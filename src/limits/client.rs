@@ -497,6 +497,7 @@ mod tests {
                 requests_per_second: NonZeroU32::new(rps).unwrap(),
                 burst: NonZeroU32::new(burst).unwrap(),
             }),
+            max_in_flight: None,
         }
     }
 

@@ -36,7 +36,7 @@ use tower::{Layer, Service};
 use super::client::ceil_secs;
 use super::metrics::{LimitMetrics, Reason};
 use crate::body::{self, Body, BoxError};
-use crate::config::UpstreamConfig;
+use crate::config::{ClientConfig, UpstreamConfig};
 use crate::context::AuthenticatedClient;
 use crate::error::GatewayError;
 use crate::redis::{Bucket, Shared};
@@ -199,6 +199,11 @@ pub struct UpstreamGuard {
     rate: Option<RateGate>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    /// A client's share of `max_in_flight` unless it sets its own.
+    default_share: usize,
+    /// Each client's share, by name, with the size it was made for (a
+    /// reload that changes it makes a new one).
+    shares: std::sync::Mutex<std::collections::HashMap<String, (usize, Arc<Semaphore>)>>,
     queue_timeout: Duration,
     pause: Pause,
     metrics: Arc<LimitMetrics>,
@@ -223,6 +228,8 @@ impl UpstreamGuard {
             rate: config.max_requests_per_second.map(RateGate::new),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             max_in_flight: config.max_in_flight,
+            default_share: config.max_in_flight.div_ceil(2),
+            shares: std::sync::Mutex::default(),
             queue_timeout: config.queue_timeout,
             pause: Pause {
                 base: Instant::now(),
@@ -281,13 +288,76 @@ impl UpstreamGuard {
         }
     }
 
+    /// The semaphore of `client`'s share of the in-flight slots.
+    fn share_of(&self, client: &ClientConfig) -> Arc<Semaphore> {
+        let size = client
+            .max_in_flight
+            .map_or(self.default_share, std::num::NonZeroUsize::get)
+            .min(self.max_in_flight);
+        let mut shares = self
+            .shares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match shares.get(client.name.as_str()) {
+            Some((made_for, share)) if *made_for == size => share.clone(),
+            _ => {
+                let share = Arc::new(Semaphore::new(size));
+                shares.insert(client.name.clone(), (size, share.clone()));
+                share
+            }
+        }
+    }
+
+    /// Waits (up to `queue_timeout`) until `client` may make a call
+    /// upstream: first a slot of its own share (its `max_in_flight`, or
+    /// half of `upstream.max_in_flight`), so that no client can hold every
+    /// slot, then one of the gateway's ([`admit`](Self::admit)).
+    pub async fn admit_client(&self, client: Option<&ClientConfig>) -> Result<Slot, GatewayError> {
+        let start = Instant::now();
+        let name = client.map(|c| c.name.as_str());
+        self.refuse_if_paused(name)?;
+        let mut waited = false;
+        let own = match client {
+            None => None,
+            Some(client) => {
+                let share = self.share_of(client);
+                Some(match share.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        waited = true;
+                        let deadline = start + self.queue_timeout;
+                        match tokio::time::timeout_at(deadline, share.acquire_owned()).await {
+                            Ok(Ok(permit)) => permit,
+                            _ => {
+                                return Err(self.refuse(name, Reason::UpstreamGuard, DEFAULT_PAUSE))
+                            }
+                        }
+                    }
+                })
+            }
+        };
+        let gateway = self.admit_since(name, start, waited).await?;
+        Ok(Slot {
+            _gateway: gateway,
+            _own: own,
+        })
+    }
+
     /// Waits (up to `queue_timeout`) until a call may go upstream; the
     /// permit is its in-flight slot.
     pub async fn admit(&self, client: Option<&str>) -> Result<OwnedSemaphorePermit, GatewayError> {
-        let start = Instant::now();
+        self.admit_since(client, Instant::now(), false).await
+    }
+
+    /// [`admit`](Self::admit), for a call that arrived at `start`.
+    async fn admit_since(
+        &self,
+        client: Option<&str>,
+        start: Instant,
+        mut waited: bool,
+    ) -> Result<OwnedSemaphorePermit, GatewayError> {
         self.refuse_if_paused(client)?;
         let deadline = start + self.queue_timeout;
-        let mut waited = false;
         let permit = match self.in_flight.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -399,7 +469,7 @@ where
         Box::pin(async move {
             let client = AuthenticatedClient::of(&request).map(|c| c.0.clone());
             let name = client.as_deref().map(|c| c.name.as_str());
-            let permit = guard.admit(name).await?;
+            let permit = guard.admit_client(client.as_deref()).await?;
             let response = send(inner, request).await?;
             if response.status() == StatusCode::TOO_MANY_REQUESTS {
                 guard.upstream_throttled(response.headers(), name);
@@ -428,11 +498,19 @@ where
     Box::pin(inner.call(request))
 }
 
+/// An upstream call's slots: one of the gateway's `max_in_flight` and one
+/// of its client's share, both given back when it is dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _gateway: OwnedSemaphorePermit,
+    _own: Option<OwnedSemaphorePermit>,
+}
+
 /// A response body that keeps its call's in-flight slot until it ends or
 /// is dropped.
 struct Held {
     body: Body,
-    _permit: OwnedSemaphorePermit,
+    _permit: Slot,
 }
 
 impl http_body::Body for Held {
@@ -542,6 +620,59 @@ mod tests {
         drop(held);
         waiter.await.unwrap().unwrap();
         assert_eq!(guard.in_flight(), 0);
+    }
+
+    fn client(name: &str, max_in_flight: Option<usize>) -> ClientConfig {
+        ClientConfig {
+            name: name.into(),
+            key_sha256: [0; 32],
+            namespace: "ns".into(),
+            allowed_namespaces: vec!["ns".into()],
+            rate_limit: None,
+            max_in_flight: max_in_flight.and_then(std::num::NonZeroUsize::new),
+        }
+    }
+
+    #[tokio::test]
+    async fn no_client_takes_more_than_its_share_of_the_slots() {
+        let guard = guard(None, 4, 20);
+        let (a, b) = (client("a", None), client("b", None));
+        // Half of the four slots by default.
+        let held: Vec<Slot> = vec![
+            guard.admit_client(Some(&a)).await.unwrap(),
+            guard.admit_client(Some(&a)).await.unwrap(),
+        ];
+        assert!(guard.admit_client(Some(&a)).await.is_err());
+        assert_eq!(guard.metrics.limited(None, Reason::UpstreamGuard), 1);
+        // Another client still gets the rest.
+        let others = [
+            guard.admit_client(Some(&b)).await.unwrap(),
+            guard.admit_client(Some(&b)).await.unwrap(),
+        ];
+        assert_eq!(guard.in_flight(), 4);
+        drop((held, others));
+        // A client's own max_in_flight replaces the default share (a
+        // reload that changes it takes effect on the next call).
+        let wide = client("a", Some(3));
+        let held: Vec<Slot> = vec![
+            guard.admit_client(Some(&wide)).await.unwrap(),
+            guard.admit_client(Some(&wide)).await.unwrap(),
+            guard.admit_client(Some(&wide)).await.unwrap(),
+        ];
+        assert!(guard.admit_client(Some(&wide)).await.is_err());
+        drop(held);
+        assert_eq!(guard.in_flight(), 0);
+        // A slot of its share freed while it waits is taken.
+        let narrow = client("a", Some(1));
+        let first = guard.admit_client(Some(&narrow)).await.unwrap();
+        let waiter = {
+            let guard = guard.clone();
+            let narrow = narrow.clone();
+            tokio::spawn(async move { guard.admit_client(Some(&narrow)).await.map(drop) })
+        };
+        tokio::task::yield_now().await;
+        drop(first);
+        waiter.await.unwrap().unwrap();
     }
 
     #[tokio::test]
