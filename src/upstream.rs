@@ -219,7 +219,12 @@ impl tower::Service<Request<Body>> for Upstream {
         let started = Instant::now();
         let record = move |result: &Result<Response<Incoming>, legacy::Error>| {
             if let Some(context) = &context {
-                let status = result.as_ref().map_or(0, |r| r.status().as_u16());
+                let status = match result {
+                    Ok(response) => response.status().as_u16(),
+                    // The client's body broke the call: not upstream's failure.
+                    Err(error) if is_client_fault(error) => return,
+                    Err(_) => 0,
+                };
                 context.set_upstream(status, started.elapsed());
             }
         };
@@ -250,6 +255,15 @@ impl tower::Service<Request<Body>> for Upstream {
         }
         .boxed()
     }
+}
+
+/// Whether a failed call failed on the client's own request body (over the
+/// limit, malformed, cut short).
+fn is_client_fault(error: &legacy::Error) -> bool {
+    matches!(
+        crate::error::classify(error),
+        GatewayError::BadRequest(_) | GatewayError::PayloadTooLarge
+    )
 }
 
 /// What it takes to send a bodiless `GET` or `HEAD` again.

@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response};
 use http_body::Body as _;
+use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
 use crate::body::{self, Body, BoxError, Prefix};
@@ -85,16 +86,22 @@ async fn read_ahead(request: Request<Body>) -> Result<Request<Body>, BoxError> {
     let (parts, body) = request.into_parts();
     let body = match body::read_up_to(body, READ_AHEAD).await {
         Ok(Prefix::Whole(bytes)) => body::full(bytes),
-        Ok(Prefix::Longer(body)) => body,
-        Err(error) => {
-            return Err(match classify(error.as_ref()) {
-                GatewayError::PayloadTooLarge => error,
-                _ => GatewayError::BadRequest("the request body is malformed or incomplete".into())
-                    .into(),
-            })
-        }
+        // Streams on: a later fault of the client's body is still the
+        // client's (400, or 413 past the limit), whatever the upstream
+        // write it broke reports.
+        Ok(Prefix::Longer(body)) => body::boxed(body.map_err(client_fault)),
+        Err(error) => return Err(client_fault(error)),
     };
     Ok(Request::from_parts(parts, body))
+}
+
+/// A failure reading the client's body, as the client's fault: over the
+/// limit stays 413, anything else (framing, an early end) is 400.
+fn client_fault(error: BoxError) -> BoxError {
+    match classify(error.as_ref()) {
+        GatewayError::PayloadTooLarge => error,
+        _ => GatewayError::BadRequest("the request body is malformed or incomplete".into()).into(),
+    }
 }
 
 #[cfg(test)]
