@@ -518,3 +518,52 @@ async fn a_mutation_on_one_replica_drops_the_entry_from_the_others_memory() {
     }
     assert_eq!(cb.get(path, SEARCH_KEY).await.header("x-cache"), "MISS");
 }
+
+#[tokio::test]
+async fn answers_nobody_waits_for_are_not_published() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let sim = start_sim(SimConfig::new(REAL_KEY)).await;
+    let prefix = unique_prefix("publish").await;
+    let toml = config_toml(&sim.base_url(), "", "timeout_ms = 5000")
+        + &format!(
+            "\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+            redis.url
+        );
+    let (a, b) = replicas_from(&toml).await;
+    let (ca, _b) = (TestClient::new(a.url()), b);
+    let conn = redis.connection().await;
+    let published = |pattern: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    // Distinct executions, still pending (not cacheable): each a flight of
+    // its own with nobody waiting on another replica.
+    for i in 0..20 {
+        let reply = ca
+            .get(
+                &format!("/v1/retrievers/executions/exec_lone_{i}"),
+                SEARCH_KEY,
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(sim.count(DETAIL), 20);
+    assert_eq!(
+        published(format!("{prefix}f:*")).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        published(format!("{prefix}w:*")).await,
+        Vec::<String>::new()
+    );
+    // (Waiters on another replica still get theirs: see
+    // fifty_requests_across_two_replicas_make_one_upstream_call.)
+}

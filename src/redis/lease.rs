@@ -1,7 +1,10 @@
 //! Cross-replica single flight: a short lease per key (`SET NX PX`, `l:`
 //! keys), renewed while its holder's upstream call runs, whose holder
-//! publishes the answer under a key named by its lease token (`f:` keys)
-//! for the other replicas' waiters.
+//! publishes the answer under a key named by its lease token (`f:` keys,
+//! 10 s) for the other replicas' waiters — only when one has registered
+//! (`w:` keys, for a lease's lifetime). A waiter that registers after the
+//! holder has published and let go finds the lease gone and takes it, as a
+//! request arriving just after the flight would.
 
 use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
@@ -26,6 +29,14 @@ static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+    )
+});
+
+/// Publishes the answer (KEYS[2], for ARGV[2] ms) only if a waiter has
+/// registered (KEYS[1]), and retires the registration.
+static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]); redis.call('DEL', KEYS[1]); return 1 else return 0 end",
     )
 });
 
@@ -102,20 +113,22 @@ impl Shared {
         Lease::Unavailable
     }
 
-    /// Publishes a flight's answer for the other replicas' waiters.
+    /// Publishes a flight's answer for the other replicas' waiters, if any
+    /// registered: an answer nobody waits for is never written (a burst of
+    /// distinct uncacheable calls would otherwise fill Redis with them).
     pub async fn publish(&self, key: &impl SharedKey, token: &str, entry: &SharedEntry) {
         let Some(mut conn) = self.connection() else {
             return;
         };
-        let result_key = format!("{}f:{}:{token}", self.prefix, key.digest());
-        let _: Option<()> = self
+        let hash = key.digest();
+        let _: Option<i64> = self
             .call(
-                redis::cmd("SET")
-                    .arg(&result_key)
+                PUBLISH
+                    .key(format!("{}w:{hash}:{token}", self.prefix))
+                    .key(format!("{}f:{hash}:{token}", self.prefix))
                     .arg(encode((0, 0), entry).as_ref())
-                    .arg("PX")
                     .arg(RESULT_TTL.as_millis() as u64)
-                    .query_async(&mut conn),
+                    .invoke_async(&mut conn),
             )
             .await;
     }
@@ -167,6 +180,24 @@ impl Shared {
         let hash = key.digest();
         let result_key = format!("{}f:{hash}:{token}", self.prefix);
         let lease_key = format!("{}l:{hash}", self.prefix);
+        // Registered first, for as long as a lease lives: the holder
+        // publishes only when somebody waits.
+        let Some(mut conn) = self.connection() else {
+            return Waited::Unavailable;
+        };
+        let registered: Option<()> = self
+            .call(
+                redis::cmd("SET")
+                    .arg(format!("{}w:{hash}:{token}", self.prefix))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(self.lease.as_millis() as u64)
+                    .query_async(&mut conn),
+            )
+            .await;
+        if registered.is_none() {
+            return Waited::Unavailable;
+        }
         loop {
             let Some(mut conn) = self.connection() else {
                 return Waited::Unavailable;
