@@ -42,7 +42,6 @@ pub fn scrape(metrics: &Metrics, cache: &CacheState, limits: &Limits) -> String 
         paused_for: upstream.paused_for(),
         upstream_in_flight: upstream.in_flight(),
         upstream_waiting: upstream.waiting(),
-        log_lines_dropped: crate::telemetry::logging::dropped_lines(),
         redis: cache.shared.as_ref().map(|shared| {
             let m = &shared.metrics;
             RedisFigures {
