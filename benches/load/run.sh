@@ -3,7 +3,11 @@
 # gateway-ws: server.work_stealing) against a bare hyper server (the
 # ceiling), nginx proxy_cache and Varnish on this machine, 127.0.0.1 only.
 #
-#   benches/load/run.sh [throughput|coalesce|memory|replicas|pinned|instructions|bound|all]   (default: all)
+#   benches/load/run.sh [throughput|coalesce|memory|replicas|pinned|instructions|bound|logging|all]   (default: all)
+#
+# logging (not part of all): cache hits with the access log on (info, into
+# a file, or LOG_FILE) and off (warn), in alternation; the on/off ratio per
+# round.
 #
 # pinned (not part of all): the gateway, bare hyper and nginx each on CPU 1
 # with one serving thread, wrk -t1 on CPU 0, so nothing preempts the server
@@ -19,7 +23,8 @@
 # a hyper server can add and still be 1.4 x nginx, against what the
 # gateway does.
 #
-# Environment: ROUNDS (3), DURATION (10s), IR_DURATION (10s, instructions
+# Environment: BIN (the gateway binary: another build to compare),
+# SKIP_BUILD (1: use the binaries as they are), ROUNDS (3), DURATION (10s), IR_DURATION (10s, instructions
 # mode), CONNS ("64 256"), BOUND_WORK ("0 500 1000 1500 2000", ns), INSTALL (1: may
 # apt-get install wrk nginx varnish when missing and running as root),
 # BASE_PORT (19000). Every process it starts is stopped on exit. Results are
@@ -47,7 +52,7 @@ WORK=$(mktemp -d /tmp/mixpeek-bench.XXXXXX)
 REAL_KEY=sk_bench_real_key
 CLIENT_KEY=gw_bench_client_key
 NS=ns_bench
-BIN="$ROOT/target/release/mixpeek-gateway"
+BIN=${BIN:-"$ROOT/target/release/mixpeek-gateway"}
 STATIC="$ROOT/target/release/examples/static_server"
 LOADGEN="$ROOT/target/release/examples/loadgen"
 PIDS=()
@@ -97,9 +102,13 @@ ensure_tools() {
   command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
   HAVE_NGINX=0; command -v nginx >/dev/null && HAVE_NGINX=1
   HAVE_VARNISH=0; command -v varnishd >/dev/null && HAVE_VARNISH=1
+  # (without varnish the line above would end the function, and under
+  # set -e the script, with its status)
+  return 0
 }
 
 build() {
+  [ "${SKIP_BUILD:-0}" = 1 ] && return 0
   say "building (release)"
   (cd "$ROOT" && cargo build --release --quiet --bin mixpeek-gateway --example static_server --example loadgen)
 }
@@ -134,8 +143,9 @@ namespace = "$NS"
 max_bytes = $3
 ${4:-}
 EOF
-  # Request logs off (warn), as nginx runs with access_log off.
-  BENCH_MIXPEEK_API_KEY=$REAL_KEY RUST_LOG=warn "${PIN[@]}" "$BIN" serve --config "$WORK/gateway-$1.toml" >/dev/null 2>&1 &
+  # Request logs off (warn), as nginx runs with access_log off, unless
+  # GW_LOG says otherwise (logging mode: info, into GW_STDERR).
+  BENCH_MIXPEEK_API_KEY=$REAL_KEY RUST_LOG=${GW_LOG:-warn} "${PIN[@]}" "$BIN" serve --config "$WORK/gateway-$1.toml" >/dev/null 2>"${GW_STDERR:-/dev/null}" &
   GW_PID=$!; PIDS+=($GW_PID); wait_port "$1"
 }
 
@@ -446,6 +456,29 @@ hit_rounds() { # file target...
   done
 }
 
+# Cache hits with the access log on (RUST_LOG=info, one line per request
+# into a file) and off (warn), measured in alternation: what the log costs
+# a hit now that a thread of its own writes it.
+logging() {
+  say "logging: cache hits with the access log on and off, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
+  start_sim "$SIM" 0
+  local log=${LOG_FILE:-$WORK/access.log}
+  GW_LOG=info GW_STDERR="$log" start_gateway "$GW" "$SIM" 268435456; local on=$GW_PID
+  start_gateway "$GW_WS" "$SIM" 268435456; local off=$GW_PID
+  hit_rounds "$WORK/logging.txt" "log-on|$GW|$on" "log-off|$GW_WS|$off"
+  python3 - "$WORK/logging.txt" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
+for conns in sorted({int(r[1]) for r in rows}):
+    on = [float(r[2]) for r in rows if r[0] == "log-on" and int(r[1]) == conns]
+    off = [float(r[2]) for r in rows if r[0] == "log-off" and int(r[1]) == conns]
+    ratios = [a / b for a, b in zip(on, off)]
+    print(f"{conns} connections: log on {statistics.median(on):.0f} req/s, off {statistics.median(off):.0f} req/s, "
+          f"on/off median {statistics.median(on) / statistics.median(off):.3f}, per round {' '.join(f'{r:.3f}' for r in ratios)}")
+PY
+  echo "access lines written: $([ -f "$log" ] && grep -c access "$log" || echo "-"); dropped: $(curl -s "http://127.0.0.1:$GW/_gateway/metrics" | awk '/^mixpeek_gateway_log_lines_dropped_total/ {print $2}')"
+}
+
 pinned() {
   say "pinned: each server on CPU 1 with one serving thread, wrk -t1 on CPU 0, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
   if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; then
@@ -545,6 +578,7 @@ case "$MODE" in
   pinned) pinned ;;
   instructions) instructions ;;
   bound) bound ;;
+  logging) logging ;;
   all) throughput; coalesce; memory; replicas ;;
-  *) echo "usage: $0 [throughput|coalesce|memory|replicas|pinned|instructions|bound|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [throughput|coalesce|memory|replicas|pinned|instructions|bound|logging|all]" >&2; exit 2 ;;
 esac
