@@ -567,3 +567,19 @@ async fn answers_nobody_waits_for_are_not_published() {
     // (Waiters on another replica still get theirs: see
     // fifty_requests_across_two_replicas_make_one_upstream_call.)
 }
+
+#[tokio::test]
+async fn a_waiter_still_gets_the_answer_of_a_call_slower_than_the_lease() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    // The call takes longer than a lease: the holder renews its lease, and
+    // the waiter its registration, so the answer is still published for it.
+    let sim = start_sim(slow_sim(700)).await;
+    let (a, b) = replicas(&redis, &sim, "lease_ms = 200").await;
+    let (ca, cb) = (TestClient::new(a.url()), TestClient::new(b.url()));
+    let path = "/v1/retrievers/executions/exec_slow_flight";
+    let replies = join_all([ca.get(path, SEARCH_KEY), cb.get(path, SEARCH_KEY)]).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert_eq!(sim.count(DETAIL), 1);
+}

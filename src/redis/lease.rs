@@ -180,28 +180,31 @@ impl Shared {
         let hash = key.digest();
         let result_key = format!("{}f:{hash}:{token}", self.prefix);
         let lease_key = format!("{}l:{hash}", self.prefix);
-        // Registered first, for as long as a lease lives: the holder
-        // publishes only when somebody waits.
-        let Some(mut conn) = self.connection() else {
-            return Waited::Unavailable;
-        };
-        let registered: Option<()> = self
-            .call(
-                redis::cmd("SET")
-                    .arg(format!("{}w:{hash}:{token}", self.prefix))
-                    .arg(1)
-                    .arg("PX")
-                    .arg(self.lease.as_millis() as u64)
-                    .query_async(&mut conn),
-            )
-            .await;
-        if registered.is_none() {
-            return Waited::Unavailable;
-        }
+        // Registered first, for as long as a lease lives, and renewed as
+        // the holder renews its lease: the holder publishes only when
+        // somebody waits, however long its call takes.
+        let waiter_key = format!("{}w:{hash}:{token}", self.prefix);
+        let mut registered_at: Option<tokio::time::Instant> = None;
         loop {
             let Some(mut conn) = self.connection() else {
                 return Waited::Unavailable;
             };
+            if registered_at.is_none_or(|at| at.elapsed() >= self.lease / 3) {
+                let registered: Option<()> = self
+                    .call(
+                        redis::cmd("SET")
+                            .arg(&waiter_key)
+                            .arg(1)
+                            .arg("PX")
+                            .arg(self.lease.as_millis() as u64)
+                            .query_async(&mut conn),
+                    )
+                    .await;
+                if registered.is_none() {
+                    return Waited::Unavailable;
+                }
+                registered_at = Some(tokio::time::Instant::now());
+            }
             let polled: Option<(Option<Vec<u8>>, Option<String>)> = self
                 .call(
                     redis::cmd("MGET")
