@@ -160,7 +160,7 @@ where
         // Request bodies read ahead (up to 64 KiB): one over the limit or
         // malformed is refused before anything goes upstream or any quota
         // is spent; a small one goes with its Content-Length.
-        .layer(ReadAheadLayer)
+        .layer(ReadAheadLayer::new(state.config.upstream.timeout))
         // Only calls that really go upstream spend the organisation's quota.
         .layer(UpstreamGuardLayer::new(state.limits.upstream.clone()))
         // upstream.timeout_ms until the response head: 504.

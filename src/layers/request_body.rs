@@ -20,6 +20,7 @@
 //! `proxy_request_buffering` does the same for whole bodies.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response};
@@ -34,14 +35,28 @@ use crate::error::{classify, GatewayError};
 pub const READ_AHEAD: usize = 64 * 1024;
 
 /// Layer for [`ReadAhead`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ReadAheadLayer;
+#[derive(Clone, Copy, Debug)]
+pub struct ReadAheadLayer {
+    timeout: Duration,
+}
+
+impl ReadAheadLayer {
+    /// Reads ahead for at most `timeout` (`upstream.timeout_ms`: the window
+    /// a streamed body had before, so a client that stalls its upload still
+    /// ends in 504 and holds nothing longer).
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
 
 impl<S> Layer<S> for ReadAheadLayer {
     type Service = ReadAhead<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ReadAhead { inner }
+        ReadAhead {
+            inner,
+            timeout: self.timeout,
+        }
     }
 }
 
@@ -49,6 +64,7 @@ impl<S> Layer<S> for ReadAheadLayer {
 #[derive(Clone, Debug)]
 pub struct ReadAhead<S> {
     inner: S,
+    timeout: Duration,
 }
 
 impl<S> Service<Request<Body>> for ReadAhead<S>
@@ -73,8 +89,11 @@ where
         // stays for the next one (tower's usual hand-over).
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
+        let timeout = self.timeout;
         Either::Right(Box::pin(async move {
-            let request = read_ahead(request).await?;
+            let request = tokio::time::timeout(timeout, read_ahead(request))
+                .await
+                .map_err(|_| GatewayError::GatewayTimeout)??;
             inner.call(request).await
         }))
     }
@@ -108,6 +127,7 @@ fn client_fault(error: BoxError) -> BoxError {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use futures_util::StreamExt;
     use http_body::Frame;
     use http_body_util::{BodyExt, Limited, StreamBody};
     use std::sync::{Arc, Mutex};
@@ -130,17 +150,19 @@ mod tests {
     async fn send(body: Body) -> (Result<Response<Body>, BoxError>, Seen) {
         let seen: Seen = Arc::default();
         let record = seen.clone();
-        let service = ReadAheadLayer.layer(tower::service_fn(move |request: Request<Body>| {
-            let record = record.clone();
-            async move {
-                let body = request.into_body();
-                let in_memory = body.is_in_memory();
-                let hint = body.size_hint().exact();
-                let bytes = body.collect().await?.to_bytes();
-                *record.lock().unwrap() = Some((in_memory, hint, bytes));
-                Ok::<_, BoxError>(Response::new(body::empty()))
-            }
-        }));
+        let service = ReadAheadLayer::new(Duration::from_secs(30)).layer(tower::service_fn(
+            move |request: Request<Body>| {
+                let record = record.clone();
+                async move {
+                    let body = request.into_body();
+                    let in_memory = body.is_in_memory();
+                    let hint = body.size_hint().exact();
+                    let bytes = body.collect().await?.to_bytes();
+                    *record.lock().unwrap() = Some((in_memory, hint, bytes));
+                    Ok::<_, BoxError>(Response::new(body::empty()))
+                }
+            },
+        ));
         let result = service.oneshot(Request::new(body)).await;
         (result, seen)
     }
@@ -174,6 +196,23 @@ mod tests {
             classify(error.as_ref()),
             GatewayError::BadRequest(_)
         ));
+        assert!(seen.lock().unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_is_a_504_after_the_upstream_timeout_and_never_sent() {
+        let stalled = futures_util::stream::once(async {
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"a few bytes")))
+        })
+        .chain(futures_util::stream::pending());
+        let started = tokio::time::Instant::now();
+        let (result, seen) = send(body::boxed(StreamBody::new(stalled))).await;
+        let error = result.unwrap_err();
+        assert!(matches!(
+            classify(error.as_ref()),
+            GatewayError::GatewayTimeout
+        ));
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
         assert!(seen.lock().unwrap().is_none());
     }
 
