@@ -170,6 +170,13 @@ impl AuthenticatedClient {
     }
 }
 
+/// Marks an upstream call the cache makes for every request that joined it
+/// (a flight): it is charged to no client's share of the in-flight slots,
+/// since its answer is read by the gateway, not by one client's socket,
+/// and whoever led it, the others must not get that client's refusal.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedCall;
+
 /// The `X-Namespace` header.
 pub static X_NAMESPACE: HeaderName = HeaderName::from_static("x-namespace");
 

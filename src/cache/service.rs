@@ -45,7 +45,7 @@ use crate::body::{self, Body, BoxError};
 use crate::cache::status::{CacheStatus, X_CACHE, X_CACHE_TIER};
 use crate::config::Config;
 use crate::context::EffectiveNamespace;
-use crate::context::RequestContext;
+use crate::context::{RequestContext, SharedCall};
 use crate::error::{classify, GatewayError};
 use crate::redis::{Invalidation, Lease, Shared, SharedEntry, Waited};
 
@@ -565,6 +565,7 @@ fn send(
 /// shared and stored, and its `status` must be readable, so uncompressed),
 /// with a buffered body whose length hyper sets itself.
 fn upstream_request(mut parts: Parts, body: Bytes) -> Request<Body> {
+    parts.extensions.insert(SharedCall);
     parts.headers.remove(header::CONTENT_LENGTH);
     for name in PER_REQUEST_REQUEST_HEADERS {
         parts.headers.remove(name);

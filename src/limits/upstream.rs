@@ -37,7 +37,7 @@ use super::client::ceil_secs;
 use super::metrics::{LimitMetrics, Reason};
 use crate::body::{self, Body, BoxError};
 use crate::config::{ClientConfig, UpstreamConfig};
-use crate::context::AuthenticatedClient;
+use crate::context::{AuthenticatedClient, SharedCall};
 use crate::error::GatewayError;
 use crate::redis::{Bucket, Shared};
 
@@ -469,7 +469,12 @@ where
         Box::pin(async move {
             let client = AuthenticatedClient::of(&request).map(|c| c.0.clone());
             let name = client.as_deref().map(|c| c.name.as_str());
-            let permit = guard.admit_client(client.as_deref()).await?;
+            // A flight serves whoever joined it: no one client's share.
+            let charged = match request.extensions().get::<SharedCall>() {
+                Some(_) => None,
+                None => client.as_deref(),
+            };
+            let permit = guard.admit_client(charged).await?;
             let response = send(inner, request).await?;
             if response.status() == StatusCode::TOO_MANY_REQUESTS {
                 guard.upstream_throttled(response.headers(), name);
@@ -779,5 +784,30 @@ mod tests {
         assert!(paused.to_string().contains("paused"), "{paused}");
         assert_eq!(calls.load(Ordering::Relaxed), 2);
         assert!(guard.paused_for().unwrap() > Duration::from_secs(29));
+    }
+
+    #[tokio::test]
+    async fn a_flight_is_charged_to_no_clients_share() {
+        let guard = guard(None, 4, 20);
+        let team = Arc::new(client("a", Some(1)));
+        let _own = guard.admit_client(Some(&team)).await.unwrap();
+        let inner = service_fn(|_: Request<Body>| async {
+            Ok::<_, BoxError>(Response::new(body::full("x")))
+        });
+        let service = UpstreamGuardLayer::new(guard.clone()).layer(inner);
+        let request = |shared: bool| {
+            let mut request = Request::new(body::empty());
+            AuthenticatedClient(team.clone()).attach_to(&mut request);
+            if shared {
+                request.extensions_mut().insert(SharedCall);
+            }
+            request
+        };
+        // The team is at its share: its own call waits and is refused...
+        assert!(service.clone().oneshot(request(false)).await.is_err());
+        // ...but a flight it leads (others joined it) is not its alone.
+        let flight = service.oneshot(request(true)).await.unwrap();
+        assert_eq!(guard.in_flight(), 2);
+        drop(flight);
     }
 }
