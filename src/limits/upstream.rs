@@ -311,13 +311,19 @@ impl UpstreamGuard {
     /// Waits (up to `queue_timeout`) until `client` may make a call
     /// upstream: first a slot of its own share (its `max_in_flight`, or
     /// half of `upstream.max_in_flight`), so that no client can hold every
-    /// slot, then one of the gateway's ([`admit`](Self::admit)).
-    pub async fn admit_client(&self, client: Option<&ClientConfig>) -> Result<Slot, GatewayError> {
+    /// slot, then one of the gateway's ([`admit`](Self::admit)). A call
+    /// that is not the client's alone (`shared`: a flight) takes no share;
+    /// refusals still name the client.
+    pub async fn admit_client(
+        &self,
+        client: Option<&ClientConfig>,
+        shared: bool,
+    ) -> Result<Slot, GatewayError> {
         let start = Instant::now();
         let name = client.map(|c| c.name.as_str());
         self.refuse_if_paused(name)?;
         let mut waited = false;
-        let own = match client {
+        let own = match client.filter(|_| !shared) {
             None => None,
             Some(client) => {
                 let share = self.share_of(client);
@@ -470,11 +476,8 @@ where
             let client = AuthenticatedClient::of(&request).map(|c| c.0.clone());
             let name = client.as_deref().map(|c| c.name.as_str());
             // A flight serves whoever joined it: no one client's share.
-            let charged = match request.extensions().get::<SharedCall>() {
-                Some(_) => None,
-                None => client.as_deref(),
-            };
-            let permit = guard.admit_client(charged).await?;
+            let shared = request.extensions().get::<SharedCall>().is_some();
+            let permit = guard.admit_client(client.as_deref(), shared).await?;
             let response = send(inner, request).await?;
             if response.status() == StatusCode::TOO_MANY_REQUESTS {
                 guard.upstream_throttled(response.headers(), name);
@@ -644,15 +647,15 @@ mod tests {
         let (a, b) = (client("a", None), client("b", None));
         // Half of the four slots by default.
         let held: Vec<Slot> = vec![
-            guard.admit_client(Some(&a)).await.unwrap(),
-            guard.admit_client(Some(&a)).await.unwrap(),
+            guard.admit_client(Some(&a), false).await.unwrap(),
+            guard.admit_client(Some(&a), false).await.unwrap(),
         ];
-        assert!(guard.admit_client(Some(&a)).await.is_err());
+        assert!(guard.admit_client(Some(&a), false).await.is_err());
         assert_eq!(guard.metrics.limited(None, Reason::UpstreamGuard), 1);
         // Another client still gets the rest.
         let others = [
-            guard.admit_client(Some(&b)).await.unwrap(),
-            guard.admit_client(Some(&b)).await.unwrap(),
+            guard.admit_client(Some(&b), false).await.unwrap(),
+            guard.admit_client(Some(&b), false).await.unwrap(),
         ];
         assert_eq!(guard.in_flight(), 4);
         drop((held, others));
@@ -660,20 +663,20 @@ mod tests {
         // reload that changes it takes effect on the next call).
         let wide = client("a", Some(3));
         let held: Vec<Slot> = vec![
-            guard.admit_client(Some(&wide)).await.unwrap(),
-            guard.admit_client(Some(&wide)).await.unwrap(),
-            guard.admit_client(Some(&wide)).await.unwrap(),
+            guard.admit_client(Some(&wide), false).await.unwrap(),
+            guard.admit_client(Some(&wide), false).await.unwrap(),
+            guard.admit_client(Some(&wide), false).await.unwrap(),
         ];
-        assert!(guard.admit_client(Some(&wide)).await.is_err());
+        assert!(guard.admit_client(Some(&wide), false).await.is_err());
         drop(held);
         assert_eq!(guard.in_flight(), 0);
         // A slot of its share freed while it waits is taken.
         let narrow = client("a", Some(1));
-        let first = guard.admit_client(Some(&narrow)).await.unwrap();
+        let first = guard.admit_client(Some(&narrow), false).await.unwrap();
         let waiter = {
             let guard = guard.clone();
             let narrow = narrow.clone();
-            tokio::spawn(async move { guard.admit_client(Some(&narrow)).await.map(drop) })
+            tokio::spawn(async move { guard.admit_client(Some(&narrow), false).await.map(drop) })
         };
         tokio::task::yield_now().await;
         drop(first);
@@ -790,7 +793,7 @@ mod tests {
     async fn a_flight_is_charged_to_no_clients_share() {
         let guard = guard(None, 4, 20);
         let team = Arc::new(client("a", Some(1)));
-        let _own = guard.admit_client(Some(&team)).await.unwrap();
+        let _own = guard.admit_client(Some(&team), false).await.unwrap();
         let inner = service_fn(|_: Request<Body>| async {
             Ok::<_, BoxError>(Response::new(body::full("x")))
         });
