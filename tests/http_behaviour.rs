@@ -290,7 +290,6 @@ async fn an_over_limit_chunked_body_in_one_write_never_reaches_upstream() {
 
 #[tokio::test]
 async fn a_malformed_or_cut_request_body_is_the_clients_400_not_an_upstream_failure() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::start().await;
     let head = |framing: &str| {
         format!(
@@ -307,14 +306,7 @@ async fn a_malformed_or_cut_request_body_is_the_clients_400_not_an_upstream_fail
         head("content-length: 100") + "only a few bytes",
     ];
     for request in cases {
-        let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
-            .await
-            .unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        stream.shutdown().await.unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
-        let answer = String::from_utf8_lossy(&out);
+        let answer = raw_exchange_half_closed(h.gateway.addr, request.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
         assert!(answer.contains("bad_request"), "{request:?}: {answer}");
     }
@@ -328,7 +320,6 @@ async fn a_malformed_or_cut_request_body_is_the_clients_400_not_an_upstream_fail
 
 #[tokio::test]
 async fn a_large_body_broken_mid_stream_is_the_clients_400_and_no_upstream_error() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::start().await;
     // 70 KiB pass the read-ahead and stream on; then the framing breaks.
     let chunk = "x".repeat(70 * 1024);
@@ -336,14 +327,7 @@ async fn a_large_body_broken_mid_stream_is_the_clients_400_and_no_upstream_error
         "POST /v1/collections HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {SEARCH_KEY}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{chunk}\r\nZZZ\r\nabc\r\n0\r\n\r\n",
         chunk.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
-        .await
-        .unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.shutdown().await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
-    let answer = String::from_utf8_lossy(&out);
+    let answer = raw_exchange_half_closed(h.gateway.addr, request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("bad_request"), "{answer}");
     let metrics = h.client.get("/_gateway/metrics", SEARCH_KEY).await;

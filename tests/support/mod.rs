@@ -248,6 +248,18 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String 
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Writes raw bytes to `addr`, half-closes (the client has sent all it
+/// will), and reads until the peer closes (or 10 s).
+pub async fn raw_exchange_half_closed(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Sends `GET /_gateway/health` on a raw keep-alive connection.
 pub async fn ask_health(stream: &mut tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
