@@ -161,3 +161,60 @@ async fn a_burst_of_connections_is_spread_evenly_over_the_workers() {
     }
     assert!(left <= 1, "{left} connections still counted");
 }
+
+/// Sends `GET /_gateway/health` with `Connection: close` on a new
+/// connection; the whole answer (empty when the gateway closed it unread).
+async fn health_on_new_connection(addr: std::net::SocketAddr) -> String {
+    raw_exchange(
+        addr,
+        b"GET /_gateway/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn past_max_connections_a_new_connection_is_closed_at_once_and_counted() {
+    let h = Harness::with(
+        SimConfig::new(REAL_KEY),
+        "max_connections = 3\nworkers = 1",
+        "",
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(h.gateway.addr).await.unwrap();
+        ask_health(&mut stream).await;
+        assert_health_answered(&mut stream).await;
+        held.push(stream);
+    }
+    // The fourth is accepted by the kernel and closed by the gateway before
+    // it reads a byte: no answer, and well before any timeout.
+    let started = Instant::now();
+    let refused = health_on_new_connection(h.gateway.addr).await;
+    assert_eq!(refused, "", "a connection past the limit is not served");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Once one closes, a new connection is served again.
+    drop(held.pop());
+    let mut answer = String::new();
+    for _ in 0..500 {
+        answer = health_on_new_connection(h.gateway.addr).await;
+        if !answer.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let metrics = raw_exchange(
+        h.gateway.addr,
+        b"GET /_gateway/metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mixpeek_gateway_connections_refused_total "))
+        .unwrap_or_else(|| panic!("no connections_refused_total in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(refused >= 1, "{refused}");
+}

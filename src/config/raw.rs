@@ -62,6 +62,8 @@ pub(super) struct RawServer {
     pub(super) shutdown_grace_ms: u64,
     pub(super) idle_timeout_ms: u64,
     pub(super) send_timeout_ms: u64,
+    /// Unset: from the open-file limit.
+    pub(super) max_connections: Option<u64>,
     /// 0: one per CPU.
     pub(super) workers: u64,
     pub(super) work_stealing: bool,
@@ -79,6 +81,7 @@ impl Default for RawServer {
             shutdown_grace_ms: 10_000,
             idle_timeout_ms: 30_000,
             send_timeout_ms: 30_000,
+            max_connections: None,
             workers: 0,
             work_stealing: false,
             auth_failures_per_minute: 30,

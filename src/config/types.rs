@@ -110,6 +110,9 @@ pub struct ServerConfig {
     /// A connection whose client accepts no bytes of a response for this
     /// long (its socket stays full) is closed, and whatever it held freed.
     pub send_timeout: Duration,
+    /// Client connections open at once; past it a new connection is closed
+    /// as soon as it is accepted.
+    pub max_connections: usize,
     /// Threads serving connections, each with its own runtime (or, with
     /// `work_stealing`, all in one).
     pub workers: std::num::NonZeroUsize,

@@ -43,6 +43,43 @@ impl RawRedis {
     }
 }
 
+/// Upper bound of `server.max_connections`.
+const MAX_CONNECTIONS: u64 = 10_000_000;
+
+/// Descriptors kept for everything but client and upstream sockets: the
+/// listener, Redis, the config and TLS files, standard streams, resolvers.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// The open-file limit the process runs under (the soft `RLIMIT_NOFILE`,
+/// read from `/proc/self/limits`); 1024, the usual default, where it cannot
+/// be read.
+fn open_file_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| parse_open_file_limit(&text))
+        .unwrap_or(1024)
+}
+
+/// The soft limit on the `Max open files` line; `u64::MAX` for unlimited.
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
+}
+
+/// `server.max_connections` when unset: the descriptors left once every
+/// upstream slot has its socket and [`RESERVED_DESCRIPTORS`] are kept, but
+/// never less than half of the limit (a small limit with many slots), at
+/// least 1 and at most [`MAX_CONNECTIONS`].
+fn default_max_connections(open_files: u64, max_in_flight: usize) -> usize {
+    let reserved = (max_in_flight as u64).saturating_add(RESERVED_DESCRIPTORS);
+    let left = open_files.saturating_sub(reserved).max(open_files / 2);
+    left.clamp(1, MAX_CONNECTIONS) as usize
+}
+
 /// Bounds of `server.idle_timeout_ms` and `server.send_timeout_ms`: 30 ms
 /// to one day.
 const MIN_IDLE_TIMEOUT_MS: u64 = 30;
@@ -83,6 +120,7 @@ impl Config {
             if s.tls.is_some() { "on" } else { "off" }
         );
         let _ = writeln!(out, "max_body_bytes:  {}", s.max_body_bytes);
+        let _ = writeln!(out, "connections:     at most {}", s.max_connections);
         let _ = writeln!(
             out,
             "admin api:       {}",
@@ -209,8 +247,20 @@ fn parse_base_url(raw: &str) -> Result<Uri, ConfigError> {
 
 impl RawFile {
     fn validate(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let server = self.server.validate()?;
+        let max_connections = self.server.max_connections;
+        let mut server = self.server.validate()?;
         let upstream = self.upstream.validate(env)?;
+        server.max_connections =
+            match max_connections {
+                None => default_max_connections(open_file_limit(), upstream.max_in_flight),
+                Some(n) if (1..=MAX_CONNECTIONS).contains(&n) => n as usize,
+                Some(_) => return Err(ConfigError::new(
+                    "server.max_connections",
+                    format!(
+                        "must be between 1 and {MAX_CONNECTIONS} (unset: from the open-file limit)"
+                    ),
+                )),
+            };
         if self.clients.is_empty() {
             return Err(ConfigError::new(
                 "clients",
@@ -344,6 +394,8 @@ impl RawServer {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             send_timeout: Duration::from_millis(self.send_timeout_ms),
+            // Set by the file's validation, which knows the upstream's slots.
+            max_connections: 0,
             auth_failures_per_minute,
         })
     }
@@ -626,6 +678,47 @@ mod tests {
         assert_eq!(
             Config::from_toml(&minimal(), env).unwrap().clients[0].max_in_flight,
             None
+        );
+    }
+
+    #[test]
+    fn max_connections_defaults_from_the_open_file_limit_and_is_bounded() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_open_file_limit(limits), Some(1024));
+        assert_eq!(
+            parse_open_file_limit(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_open_file_limit("Max processes 10 10 processes"), None);
+        // Room for every upstream slot and the reserve, else half the limit.
+        assert_eq!(default_max_connections(1024, 256), 1024 - 256 - 64);
+        assert_eq!(default_max_connections(65_536, 256), 65_536 - 320);
+        assert_eq!(default_max_connections(1024, 1000), 512);
+        assert_eq!(default_max_connections(1, 1), 1);
+        assert_eq!(
+            default_max_connections(u64::MAX, 256),
+            MAX_CONNECTIONS as usize
+        );
+        let c = Config::from_toml(&minimal(), env).unwrap();
+        assert_eq!(
+            c.server.max_connections,
+            default_max_connections(open_file_limit(), c.upstream.max_in_flight)
+        );
+        for n in [0, MAX_CONNECTIONS + 1] {
+            let text = format!("[server]\nmax_connections = {n}\n{}", minimal());
+            let err = Config::from_toml(&text, env).unwrap_err();
+            assert_eq!(err.key, "server.max_connections", "{n}");
+        }
+        let text = format!("[server]\nmax_connections = 3\n{}", minimal());
+        assert_eq!(
+            Config::from_toml(&text, env)
+                .unwrap()
+                .server
+                .max_connections,
+            3
         );
     }
 

@@ -69,6 +69,47 @@ pub struct Connections {
     next_id: AtomicU64,
     draining: std::sync::atomic::AtomicBool,
     closed: Notify,
+    refusals: Refusals,
+}
+
+/// Connections refused at `server.max_connections`, for a warning at most
+/// once a second (a flood must not become a flood of log lines).
+#[derive(Debug)]
+struct Refusals {
+    since: std::time::Instant,
+    /// Refused since the last warning.
+    unreported: AtomicU64,
+    /// When the last warning was written, in ms after `since`; `u64::MAX`
+    /// before the first.
+    logged_at_ms: AtomicU64,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            since: std::time::Instant::now(),
+            unreported: AtomicU64::new(0),
+            logged_at_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Refusals {
+    /// Counts one refusal; the number to warn about now, if a second has
+    /// passed since the last warning (or there was none).
+    fn note(&self, now: std::time::Instant) -> Option<u64> {
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        let now_ms = now.saturating_duration_since(self.since).as_millis() as u64;
+        let last = self.logged_at_ms.load(Ordering::Relaxed);
+        if last != u64::MAX && now_ms.saturating_sub(last) < 1000 {
+            return None;
+        }
+        // One of the racing acceptors reports; the others count on.
+        self.logged_at_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        Some(self.unreported.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl Connections {
@@ -77,13 +118,38 @@ impl Connections {
         Arc::new(Self::default())
     }
 
-    /// Registers a connection being accepted.
+    /// Registers a connection, whatever the number open.
+    #[cfg(test)]
     pub fn open(self: &Arc<Self>) -> Connection {
+        self.open_within(usize::MAX).expect("no limit")
+    }
+
+    /// Registers a connection being accepted unless `max` are open already
+    /// (`None`: close it at once). A refusal is counted and warned about at
+    /// most once a second, with the number refused since the last warning.
+    pub fn try_open(self: &Arc<Self>, max: usize) -> Option<Connection> {
+        let opened = self.open_within(max);
+        if opened.is_none() {
+            if let Some(refused) = self.refusals.note(std::time::Instant::now()) {
+                tracing::warn!(
+                    refused,
+                    max_connections = max,
+                    "server.max_connections reached: closing new connections at once"
+                );
+            }
+        }
+        opened
+    }
+
+    fn open_within(self: &Arc<Self>, max: usize) -> Option<Connection> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState::default());
         // Under the lock `drain` takes after setting `draining`: either it
         // finds this connection in the set or this reads `draining` set.
         let mut live = self.lock();
+        if live.len() >= max {
+            return None;
+        }
         let signal = if self.draining.load(Ordering::Acquire) {
             CLOSE_GRACEFULLY
         } else {
@@ -92,11 +158,11 @@ impl Connections {
         state.signal.store(signal, Ordering::Release);
         live.insert(id, state.clone());
         drop(live);
-        Connection {
+        Some(Connection {
             id,
             state,
             set: self.clone(),
-        }
+        })
     }
 
     /// Number of open connections.
@@ -386,6 +452,30 @@ mod tests {
             assert_eq!(busy.state.signal.load(Ordering::Relaxed), OPEN);
             assert_eq!(active.state.signal.load(Ordering::Relaxed), OPEN);
         }
+    }
+
+    #[test]
+    fn past_the_limit_a_connection_is_refused_until_one_closes() {
+        let set = Connections::new();
+        let a = set.try_open(2).unwrap();
+        let _b = set.try_open(2).unwrap();
+        assert!(set.try_open(2).is_none());
+        assert_eq!(set.len(), 2);
+        drop(a);
+        assert!(set.try_open(2).is_some());
+    }
+
+    #[test]
+    fn refusals_are_reported_at_most_once_a_second_with_their_count() {
+        let refusals = Refusals::default();
+        let t0 = refusals.since;
+        assert_eq!(refusals.note(t0), Some(1));
+        for ms in [1, 500, 999] {
+            assert_eq!(refusals.note(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(refusals.note(t0 + Duration::from_millis(1000)), Some(4));
+        assert_eq!(refusals.note(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(refusals.note(t0 + Duration::from_millis(2100)), Some(2));
     }
 
     #[tokio::test]

@@ -114,6 +114,8 @@ pub async fn serve(
             },
             grace: state.config.server.shutdown_grace,
             send_timeout: state.config.server.send_timeout,
+            max_connections: state.config.server.max_connections,
+            metrics: state.metrics.clone(),
         };
         let (done, finished) = oneshot::channel::<()>();
         let worker_loads = loads.clone();
@@ -264,6 +266,9 @@ struct Worker<A> {
     grace: Duration,
     /// `server.send_timeout`.
     send_timeout: Duration,
+    /// `server.max_connections`, over all workers.
+    max_connections: usize,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 impl<A, B> Worker<A>
@@ -382,10 +387,16 @@ where
         peer: SocketAddr,
         load: Load,
     ) {
+        // Past server.max_connections the socket is closed at once (its
+        // descriptor freed before a byte is read), as nginx does past
+        // worker_connections.
+        let Some(connection) = self.connections.try_open(self.max_connections) else {
+            self.metrics.connection_refused();
+            return;
+        };
         let _ = stream.set_nodelay(true);
         // Below TLS: what stalls is the socket.
         let stream = SendTimeout::new(stream, self.send_timeout);
-        let connection = self.connections.open();
         let service = ConnectionService::new(connection.track(self.app.clone()), peer);
         let builder = builder.clone();
         let tls = self.tls.clone();

@@ -348,6 +348,7 @@ pub struct Metrics {
     redis_errors: Counter,
     redis_fallbacks: Counter,
     redis_remote_flights: Counter,
+    connections_refused: Counter,
     worker_connections: Family<WorkerLabels, Gauge>,
     /// The server's connections per worker, once it serves.
     workers: OnceLock<WorkerGauge>,
@@ -539,6 +540,12 @@ impl Metrics {
             "Pauses of all upstream calls started by an upstream 429",
             guard_pauses.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed as soon as accepted because server.max_connections were open",
+            connections_refused.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
@@ -607,11 +614,18 @@ impl Metrics {
             redis_errors,
             redis_fallbacks,
             redis_remote_flights,
+            connections_refused,
             worker_connections,
             workers: OnceLock::new(),
             limits_seen: Mutex::new(HashMap::new()),
             anonymous: ClientLabel::anonymous(),
         }
+    }
+
+    /// A client connection was closed at once: `server.max_connections`
+    /// were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// A request started.
