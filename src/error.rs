@@ -18,6 +18,18 @@ use http_body_util::LengthLimitError;
 
 use crate::body::{self, Body, BoxError};
 
+/// Mixpeek's error body: `success`, `status` and `error` with its
+/// `message` and `type` — for [`GatewayError`] and for the answers the
+/// server gives before a request reaches the stack.
+pub fn error_body(status: StatusCode, kind: &str, message: &str) -> Bytes {
+    let value = serde_json::json!({
+        "success": false,
+        "status": status.as_u16(),
+        "error": { "message": message, "type": kind },
+    });
+    Bytes::from(value.to_string())
+}
+
 /// A failure the gateway answers itself, without (or instead of) upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
@@ -79,12 +91,7 @@ impl GatewayError {
 
     /// Mixpeek's error body for this failure.
     pub fn body(&self) -> Bytes {
-        let value = serde_json::json!({
-            "success": false,
-            "status": self.status().as_u16(),
-            "error": { "message": self.to_string(), "type": self.kind() },
-        });
-        Bytes::from(value.to_string())
+        error_body(self.status(), self.kind(), &self.to_string())
     }
 
     /// The complete response.

@@ -201,3 +201,77 @@ async fn http2_clients_are_served() {
         format!("Bearer {REAL_KEY}").as_str()
     );
 }
+
+/// The status and JSON body of a raw answer, checking its Content-Length.
+fn status_and_body(answer: &str) -> (u16, serde_json::Value) {
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {answer:?}"));
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"))
+        .parse()
+        .unwrap();
+    assert_eq!(length, body.len(), "{answer}");
+    (status, serde_json::from_str(body).unwrap())
+}
+
+#[tokio::test]
+async fn heads_the_parser_refuses_are_answered_in_mixpeeks_error_shape() {
+    let h = Harness::start().await;
+    let addr = h.gateway.addr;
+    let long_uri = format!(
+        "GET /v1/{} HTTP/1.1\r\nhost: gw\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let big_headers = format!(
+        "GET /v1/x HTTP/1.1\r\nhost: gw\r\nx-big: {}\r\n\r\n",
+        "a".repeat(500_000)
+    );
+    let cases: [(&[u8], u16); 4] = [
+        (b"G@T /v1/x HTTP/1.1\r\nhost: gw\r\n\r\n", 400),
+        (b"GET /v1/x HTTP/1.1\r\nhost: gw\r\nbad header\r\n\r\n", 400),
+        (long_uri.as_bytes(), 414),
+        (big_headers.as_bytes(), 431),
+    ];
+    for (request, status) in cases {
+        let answer = raw_exchange(addr, request).await;
+        let (got, body) = status_and_body(&answer);
+        assert_eq!(got, status, "{answer}");
+        assert_eq!(body["success"], false);
+        assert_eq!(body["status"], status);
+        assert_eq!(body["error"]["type"], "bad_request");
+        assert!(
+            answer.contains("content-type: application/json\r\n"),
+            "{answer}"
+        );
+    }
+    // Pipelined behind two good requests: those answered as ever, then the
+    // malformed one in the error shape.
+    let pipelined = b"GET /_gateway/health HTTP/1.1\r\nhost: gw\r\n\r\n\
+                      GET /_gateway/health HTTP/1.1\r\nhost: gw\r\n\r\n\
+                      BAD\x01 / HTTP/1.1\r\n\r\n";
+    let answer = raw_exchange(addr, pipelined).await;
+    let parts: Vec<&str> = answer.split("HTTP/1.1 ").collect();
+    assert_eq!(parts.len(), 4, "{answer}");
+    assert!(
+        parts[1].starts_with("200") && parts[2].starts_with("200"),
+        "{answer}"
+    );
+    let (status, body) = status_and_body(&format!("HTTP/1.1 {}", parts[3]));
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (400, Some("bad_request"))
+    );
+    assert_eq!(h.sim.count("other"), 0);
+    assert_eq!(
+        h.client.get("/v1/collections", SEARCH_KEY).await.status,
+        200
+    );
+}

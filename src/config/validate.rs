@@ -250,17 +250,18 @@ impl RawFile {
         let max_connections = self.server.max_connections;
         let mut server = self.server.validate()?;
         let upstream = self.upstream.validate(env)?;
-        server.max_connections =
-            match max_connections {
-                None => default_max_connections(open_file_limit(), upstream.max_in_flight),
-                Some(n) if (1..=MAX_CONNECTIONS).contains(&n) => n as usize,
-                Some(_) => return Err(ConfigError::new(
+        server.max_connections = match max_connections {
+            None => default_max_connections(open_file_limit(), upstream.max_in_flight),
+            Some(n) if (1..=MAX_CONNECTIONS).contains(&n) => n as usize,
+            Some(_) => {
+                return Err(ConfigError::new(
                     "server.max_connections",
                     format!(
                         "must be between 1 and {MAX_CONNECTIONS} (unset: from the open-file limit)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         if self.clients.is_empty() {
             return Err(ConfigError::new(
                 "clients",

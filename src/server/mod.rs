@@ -8,6 +8,8 @@
 //! - [`connections`]: the open connections, closing idle ones and draining
 //!   them all on shutdown;
 //! - [`send_timeout`]: closing a connection whose client stops reading;
+//! - [`head_errors`]: Mixpeek's error body on hyper's own answers to a
+//!   malformed request head (400, 414, 431);
 //! - `alloc.rs`: the process's allocator (mimalloc), included by the binary
 //!   and the benchmarks, not by the library (which forbids `unsafe`).
 //!
@@ -16,6 +18,7 @@
 
 pub mod balance;
 pub mod connections;
+pub mod head_errors;
 pub mod send_timeout;
 pub mod serve;
 

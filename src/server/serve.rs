@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::context::RequestContext;
 use crate::server::balance::{Handoff, Load, WorkerLoads};
 use crate::server::connections::{Connection, Connections};
+use crate::server::head_errors::HeadErrorBodies;
 use crate::server::send_timeout::SendTimeout;
 use crate::stack::{self, AppState};
 
@@ -494,7 +495,8 @@ async fn serve_connection<I, S, B>(
     B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
 {
     let served = connection.serve(
-        builder.serve_connection_with_upgrades(TokioIo::new(stream), service),
+        // Above TLS, where hyper's answers to malformed heads are bytes.
+        builder.serve_connection_with_upgrades(TokioIo::new(HeadErrorBodies::new(stream)), service),
         |c| c.graceful_shutdown(),
     );
     if let Some(Err(error)) = served.await {
