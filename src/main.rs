@@ -38,15 +38,14 @@ fn main() -> ExitCode {
 
 async fn run(mut cli: Cli) -> ExitCode {
     let command = cli.command.take().unwrap_or(Command::Serve);
-    if !matches!(command, Command::Serve) {
-        telemetry::init(LogFormat::Text);
-    }
+    // Held until the command ends: dropping it writes out the queued lines.
+    let _log = (!matches!(command, Command::Serve)).then(|| telemetry::init(LogFormat::Text));
     match command {
         Command::Serve => {
             let Some(config) = load(&cli) else {
                 return ExitCode::from(CONFIG_ERROR);
             };
-            telemetry::init(config.log.format);
+            let _log = telemetry::init(config.log.format);
             serve(config, cli.config.clone()).await
         }
         Command::CheckConfig => match load(&cli) {

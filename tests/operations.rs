@@ -301,3 +301,49 @@ async fn a_client_gone_before_the_response_is_logged_as_499_and_leaves_no_in_fli
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn every_access_line_is_written_by_exit_in_order_per_connection_and_without_colours() {
+    let sim = start_sim(SimConfig::new(REAL_KEY)).await;
+    let dir = std::env::temp_dir().join(format!("mixpeek-ops-flush-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("flush.toml");
+    std::fs::write(&path, config_toml(&sim.base_url(), "", "")).unwrap();
+    let listen = closed_port().await;
+    let mut process = Process::serve(&path, Some(listen)).await;
+
+    // One connection: its lines come from one worker's buffer, in order.
+    let client = TestClient::new(format!("http://{listen}"));
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let reply = client
+            .request(http::Method::GET, "/v1/retrievers/executions/exec_flush")
+            .header("authorization", format!("Bearer {SEARCH_KEY}"))
+            .header("x-request-id", format!("flush-{i}"))
+            .body(Default::default())
+            .unwrap();
+        assert_eq!(client.send(reply).await.status, 200);
+        ids.push(format!("request_id=\"flush-{i}\""));
+    }
+    // Stopped at once: lines still buffered are written out on exit.
+    process.signal("-TERM");
+    let lines = process.remaining_lines().await;
+    let access: Vec<&String> = lines.iter().filter(|l| l.contains(" access: ")).collect();
+    let logged: Vec<&str> = access
+        .iter()
+        .filter_map(|l| {
+            ids.iter()
+                .find(|id| l.contains(id.as_str()))
+                .map(String::as_str)
+        })
+        .collect();
+    assert_eq!(logged, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    for line in &access {
+        assert!(
+            !line.contains('\u{1b}'),
+            "no terminal colours into a pipe: {line:?}"
+        );
+        assert!(line.contains("INFO access: request ") && line.contains(" completed=true"));
+    }
+    assert_eq!(process.exit_code().await, Some(0));
+}

@@ -42,6 +42,7 @@ pub fn scrape(metrics: &Metrics, cache: &CacheState, limits: &Limits) -> String 
         paused_for: upstream.paused_for(),
         upstream_in_flight: upstream.in_flight(),
         upstream_waiting: upstream.waiting(),
+        log_lines_dropped: crate::telemetry::access::dropped_lines(),
         redis: cache.shared.as_ref().map(|shared| {
             let m = &shared.metrics;
             RedisFigures {

@@ -30,6 +30,7 @@ use crate::body::{Body, BoxError};
 use crate::cache::status::X_CACHE;
 use crate::context::{Observed, RequestContext};
 use crate::layers::request_id::MakeRequestIds;
+use crate::telemetry::access::AccessRecord;
 use crate::telemetry::metrics::{CacheOutcome, Finished, Metrics, RouteClass};
 
 /// Layer for [`Observe`].
@@ -235,23 +236,19 @@ fn record(state: PendingState, status: u16, outcome: CacheOutcome, completed: bo
             latency: start.elapsed(),
         };
         metrics.finished(&finished);
-        let (upstream_status, upstream_ms) = finished
-            .upstream
-            .map_or((0, 0.0), |(s, l)| (s, l.as_secs_f64() * 1000.0));
-        tracing::info!(
-            target: "access",
-            request_id = request_id.to_str().unwrap_or("-"),
-            client = finished.client.name(),
-            method = method.as_str(),
-            route = finished.route.as_str(),
-            status = finished.status,
-            cache = finished.outcome.as_str(),
+        let (upstream_status, upstream) = finished.upstream.unwrap_or_default();
+        crate::telemetry::access::log(&AccessRecord {
+            request_id: request_id.to_str().unwrap_or("-"),
+            client: finished.client.name(),
+            method: method.as_str(),
+            route: finished.route.as_str(),
+            status: finished.status,
+            cache: finished.outcome.as_str(),
             upstream_status,
-            upstream_ms,
-            latency_ms = finished.latency.as_secs_f64() * 1000.0,
+            upstream,
+            latency: finished.latency,
             completed,
-            "request"
-        );
+        });
     }
 }
 

@@ -350,6 +350,7 @@ pub struct Metrics {
     redis_remote_flights: Counter,
     connections_refused: Counter,
     worker_connections: Family<WorkerLabels, Gauge>,
+    log_dropped: Counter,
     /// The server's connections per worker, once it serves.
     workers: OnceLock<WorkerGauge>,
     /// Last values read from the limit counters, to add only the growth.
@@ -398,6 +399,8 @@ pub struct Scrape<'a> {
     pub upstream_waiting: usize,
     /// Redis's figures, with `[redis]` configured.
     pub redis: Option<RedisFigures>,
+    /// Log lines dropped so far ([`super::access::dropped_lines`]).
+    pub log_lines_dropped: u64,
 }
 
 /// What the Redis tier has counted so far (see [`Scrape`]).
@@ -582,6 +585,12 @@ impl Metrics {
             "Client connections each worker thread is serving (spread evenly at accept)",
             worker_connections.clone(),
         );
+        let log_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer could not keep up",
+            log_dropped.clone(),
+        );
         let by_route = |family: &Family<RouteLabels, LatencyHistogram>| {
             ROUTES.map(|route| family.get_or_create(&RouteLabels { route }).clone())
         };
@@ -616,6 +625,7 @@ impl Metrics {
             redis_remote_flights,
             connections_refused,
             worker_connections,
+            log_dropped,
             workers: OnceLock::new(),
             limits_seen: Mutex::new(HashMap::new()),
             anonymous: ClientLabel::anonymous(),
@@ -740,6 +750,8 @@ impl Metrics {
         let waited = delta("~queue_wait", scrape.queue_wait_micros);
         self.guard_queue_wait.inc_by(waited as f64 / 1e6);
         self.guard_pauses.inc_by(delta("~pauses", scrape.pauses));
+        self.log_dropped
+            .inc_by(delta("~log_dropped", scrape.log_lines_dropped));
         self.guard_paused.set(
             scrape
                 .paused_for
@@ -898,6 +910,19 @@ mod tests {
         finish(metrics.anonymous(), 401, CacheOutcome::None);
         finish(&metrics.anonymous().clone(), 401, CacheOutcome::None);
         assert_eq!(metrics.client_figures(metrics.anonymous()), (2, 0, 0));
+    }
+
+    #[test]
+    fn dropped_log_lines_are_exported_as_they_grow() {
+        let metrics = Metrics::new();
+        let scrape = |n| Scrape {
+            log_lines_dropped: n,
+            ..Scrape::default()
+        };
+        let text = metrics.encode(&scrape(3));
+        assert!(line(&text, "mixpeek_gateway_log_lines_dropped_total ").ends_with(" 3"));
+        let text = metrics.encode(&scrape(5));
+        assert!(line(&text, "mixpeek_gateway_log_lines_dropped_total ").ends_with(" 5"));
     }
 
     #[test]

@@ -358,6 +358,19 @@ impl Process {
             .flatten()
     }
 
+    /// Every log line still to come, until standard error closes (10 s).
+    pub async fn remaining_lines(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let lines = &mut self.lines;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = lines.recv().await {
+                out.push(line);
+            }
+        })
+        .await;
+        out
+    }
+
     /// Sends a signal (`-TERM`, `-HUP`, …).
     pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
