@@ -32,8 +32,8 @@ static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// Publishes the answer (KEYS[2], for ARGV[2] ms) only if a waiter has
-/// registered (KEYS[1]), and retires the registration.
+/// Publishes the answer (`KEYS[2]`, for `ARGV[2]` ms) only if a waiter has
+/// registered (`KEYS[1]`), and retires the registration.
 static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]); redis.call('DEL', KEYS[1]); return 1 else return 0 end",
