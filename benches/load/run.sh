@@ -7,7 +7,8 @@
 #
 # logging (not part of all): cache hits with the access log on (info, into
 # a file, or LOG_FILE) and off (warn), in alternation; the on/off ratio per
-# round.
+# round. GW_LOG=info GW_STDERR=file with instructions mode gives the
+# gateway's instructions per hit with the log on.
 #
 # pinned (not part of all): the gateway, bare hyper and nginx each on CPU 1
 # with one serving thread, wrk -t1 on CPU 0, so nothing preempts the server
@@ -458,7 +459,8 @@ hit_rounds() { # file target...
 
 # Cache hits with the access log on (RUST_LOG=info, one line per request
 # into a file) and off (warn), measured in alternation: what the log costs
-# a hit now that a thread of its own writes it.
+# a hit now that it is formatted into per-thread buffers and written by a
+# thread of its own.
 logging() {
   say "logging: cache hits with the access log on and off, wrk ${DURATION} x ${ROUNDS} rounds, connections: ${CONNS}"
   start_sim "$SIM" 0
