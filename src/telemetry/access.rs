@@ -402,9 +402,9 @@ fn push_quoted(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     // Nearly always nothing to escape (ids, names, methods): one pass the
     // compiler vectorises (no early exit), then one copy.
-    let plain = !bytes
-        .iter()
-        .fold(false, |odd, &b| odd | (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0x7f));
+    let plain = !bytes.iter().fold(false, |odd, &b| {
+        odd | (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0x7f)
+    });
     if plain {
         out.extend_from_slice(bytes);
         out.push(b'"');
