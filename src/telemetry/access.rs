@@ -192,7 +192,9 @@ impl Sink {
         loop {
             std::thread::park_timeout(FLUSH_INTERVAL);
             let stopping = self.stop.load(Ordering::Acquire);
-            self.sweep(&mut spare, &mut std::io::stderr().lock());
+            // Standard error is locked per write inside, never across the
+            // sweep: other log lines wait for one buffer at most.
+            self.sweep(&mut spare, &mut std::io::stderr());
             if stopping {
                 return;
             }
