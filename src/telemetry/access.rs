@@ -266,65 +266,54 @@ impl Buffer {
         }
         let micros = since.subsec_micros();
         let out = &mut self.bytes;
-        match format {
-            LogFormat::Text => {
-                out.extend_from_slice(&self.stamp);
-                push_padded(out, u64::from(micros), 6);
-                out.extend_from_slice(b"Z  INFO access: request request_id=");
-                push_quoted(out, r.request_id);
-                out.extend_from_slice(b" client=");
-                push_quoted(out, r.client);
-                out.extend_from_slice(b" method=");
-                push_quoted(out, r.method);
-                out.extend_from_slice(b" route=\"");
-                out.extend_from_slice(r.route.as_bytes());
-                out.extend_from_slice(b"\" status=");
-                push_u64(out, u64::from(r.status));
-                out.extend_from_slice(b" cache=\"");
-                out.extend_from_slice(r.cache.as_bytes());
-                out.extend_from_slice(b"\" upstream_status=");
-                push_u64(out, u64::from(r.upstream_status));
-                out.extend_from_slice(b" upstream_ms=");
-                push_millis(out, r.upstream);
-                out.extend_from_slice(b" latency_ms=");
-                push_millis(out, r.latency);
-                out.extend_from_slice(if r.completed {
-                    b" completed=true\n"
-                } else {
-                    b" completed=false\n"
-                });
+        let json = matches!(format, LogFormat::Json);
+        // One field order for both formats; only the punctuation differs.
+        let key = |out: &mut Vec<u8>, name: &[u8]| {
+            if json {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name);
+                out.extend_from_slice(b"\":");
+            } else {
+                out.push(b' ');
+                out.extend_from_slice(name);
+                out.push(b'=');
             }
-            LogFormat::Json => {
-                out.extend_from_slice(b"{\"timestamp\":\"");
-                out.extend_from_slice(&self.stamp);
-                push_padded(out, u64::from(micros), 6);
-                out.extend_from_slice(
-                    b"Z\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":",
-                );
-                push_quoted(out, r.request_id);
-                out.extend_from_slice(b",\"client\":");
-                push_quoted(out, r.client);
-                out.extend_from_slice(b",\"method\":");
-                push_quoted(out, r.method);
-                out.extend_from_slice(b",\"route\":\"");
-                out.extend_from_slice(r.route.as_bytes());
-                out.extend_from_slice(b"\",\"status\":");
-                push_u64(out, u64::from(r.status));
-                out.extend_from_slice(b",\"cache\":\"");
-                out.extend_from_slice(r.cache.as_bytes());
-                out.extend_from_slice(b"\",\"upstream_status\":");
-                push_u64(out, u64::from(r.upstream_status));
-                out.extend_from_slice(b",\"upstream_ms\":");
-                push_millis(out, r.upstream);
-                out.extend_from_slice(b",\"latency_ms\":");
-                push_millis(out, r.latency);
-                out.extend_from_slice(if r.completed {
-                    b",\"completed\":true,\"target\":\"access\"}\n"
-                } else {
-                    b",\"completed\":false,\"target\":\"access\"}\n"
-                });
-            }
+        };
+        if json {
+            out.extend_from_slice(b"{\"timestamp\":\"");
         }
+        out.extend_from_slice(&self.stamp);
+        push_padded(out, u64::from(micros), 6);
+        out.extend_from_slice(if json {
+            b"Z\",\"level\":\"INFO\",\"message\":\"request\""
+        } else {
+            b"Z  INFO access: request"
+        });
+        key(out, b"request_id");
+        push_quoted(out, r.request_id);
+        key(out, b"client");
+        push_quoted(out, r.client);
+        key(out, b"method");
+        push_quoted(out, r.method);
+        key(out, b"route");
+        push_quoted(out, r.route);
+        key(out, b"status");
+        push_u64(out, u64::from(r.status));
+        key(out, b"cache");
+        push_quoted(out, r.cache);
+        key(out, b"upstream_status");
+        push_u64(out, u64::from(r.upstream_status));
+        key(out, b"upstream_ms");
+        push_millis(out, r.upstream);
+        key(out, b"latency_ms");
+        push_millis(out, r.latency);
+        key(out, b"completed");
+        out.extend_from_slice(if r.completed { b"true" } else { b"false" });
+        out.extend_from_slice(if json {
+            b",\"target\":\"access\"}\n"
+        } else {
+            b"\n"
+        });
     }
 }
 
